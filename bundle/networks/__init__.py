@@ -1,0 +1,3 @@
+from .invariant import DiffeoInvariantNet
+
+__all__ = ["DiffeoInvariantNet"]
