@@ -1,0 +1,506 @@
+"""data: read images, instance annotations and dataset folders.
+
+Everything the pipeline knows about the outside world comes through this module,
+so it is strict about conventions and loud about bad input.
+
+Conventions
+-----------
+* Arrays are **rows first**: an image of H rows and W columns is a tensor
+  ``(C, H, W)``; a label map is an array ``(H, W)``. ``H`` is the number of rows
+  exactly as ``numpy.asarray(PIL.Image.open(path))`` reports it.
+* Images are ``float32`` in ``[0, 1]``: integer pixels are divided by the largest
+  value of their dtype (uint8 / 255, uint16 / 65535); float pixels are kept as
+  they are. RGBA loses its alpha channel; grayscale keeps one channel.
+* Instance label maps are ``int32``: 0 is background, instances are numbered
+  1..N with no gaps.
+* Polygon vertices (Aperio XML ``<Vertex X= Y=>``, GeoJSON ``[x, y]``) are
+  ``x = column``, ``y = row``, in pixels, rasterised with
+  :func:`skimage.draw.polygon` (a pixel belongs to a polygon when its centre is
+  inside it; no half-pixel shift is applied, as in the usual MoNuSeg tooling).
+* Overlapping polygons: regions are drawn in file order, so a later region
+  paints over an earlier one.
+* Every failure a user can cause raises :class:`DataError`, whose message names
+  the file and the problem; the library error is kept as ``__cause__``.
+
+Dataset folder layout (see :func:`list_dataset`)::
+
+    root/
+        images/<id>.tif|tiff|png|jpg
+        annotations/<id>.xml|geojson      (polygons)   -- or --
+        labels/<id>.png|tif|tiff|nii.gz   (instance label images)
+        organs.csv                        (optional: image_id, organ, official_split)
+
+A plain folder of image files (no ``images/`` subfolder) is accepted too, as an
+image-only dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+
+import numpy as np
+import torch
+from skimage.draw import polygon as draw_polygon
+from skimage.segmentation import relabel_sequential
+
+__all__ = [
+    "DataError",
+    "Sample",
+    "list_dataset",
+    "load_sample",
+    "read_aperio_xml",
+    "read_image",
+    "read_instances",
+    "read_qupath_geojson",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+POLYGON_SUFFIXES = (".xml", ".geojson", ".json")
+LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class DataError(ValueError):
+    """Bad input: the message always names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------
+# Low-level reading
+# ----------------------------------------------------------------------------
+
+
+def _suffix(path: pathlib.Path) -> str:
+    """Lower-case suffix, treating ``.nii.gz`` as one suffix."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return path.suffix.lower()
+
+
+def _stem(path: pathlib.Path) -> str:
+    """File name without its (possibly double, ``.nii.gz``) suffix."""
+    return path.name[: len(path.name) - len(_suffix(path))]
+
+
+def _existing_file(path) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path
+
+
+def _read_with_itk(path: pathlib.Path) -> np.ndarray:
+    """Pixels as stored (native dtype), rows first, channels last if any.
+
+    MONAI's ``ITKReader`` is used because ITK reads the LZW-compressed TIFFs of
+    MoNuSeg that tifffile (without imagecodecs) cannot. Two traps, both checked
+    by the tests:
+
+    * ``LoadImage`` (and ``ITKReader`` with its default ``reverse_indexing=False``)
+      returns 2-D images with the spatial axes swapped, x first; only
+      ``reverse_indexing=True`` gives numpy's (row, column) order.
+    * ``LoadImage`` casts pixels (uint16 becomes int32, or float32 by default),
+      losing the dtype needed to scale to [0, 1]; ``get_data`` keeps it.
+    """
+    import itk  # deferred: importing ITK and MONAI's readers takes seconds
+    from monai.data import ITKReader
+
+    # Asking ITK what the file holds first gives a clean "unreadable" error and
+    # catches grey+alpha images, which itk.imread silently reads as zeros.
+    io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
+    if io is None:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format)")
+    io.SetFileName(str(path))
+    io.ReadImageInformation()
+    if io.GetNumberOfComponents() == 2:
+        from PIL import Image
+
+        with Image.open(path) as pil:
+            return np.array(pil)
+
+    reader = ITKReader(reverse_indexing=True)
+    array, _ = reader.get_data(reader.read(str(path)))
+    # Copy: the array may be a view into ITK's buffer, which ITK may free.
+    return np.array(array)
+
+
+def _read_with_nibabel(path: pathlib.Path) -> np.ndarray:
+    """NIfTI pixels in nibabel's storage order.
+
+    ITK would return NIfTI arrays axis-reversed relative to nibabel; nibabel's
+    order is the one a Python user gets back after ``nibabel.save`` of an
+    ``(H, W)`` array, so it is the one we keep.
+    """
+    import nibabel
+
+    array = np.asanyarray(nibabel.load(str(path)).dataobj)
+    # A 2-D map is often saved with trailing singleton axes (H, W, 1, ...).
+    while array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return np.array(array)
+
+
+def _read_array(path) -> np.ndarray:
+    """Any supported file -> numpy array (H, W) or (H, W, C), native dtype."""
+    path = _existing_file(path)
+    try:
+        if _suffix(path) in NIFTI_SUFFIXES:
+            array = _read_with_nibabel(path)
+        else:
+            array = _read_with_itk(path)
+    except DataError:
+        raise
+    except Exception as err:  # ITK, PIL and nibabel raise many unrelated types
+        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+    if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
+        raise DataError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
+    return array
+
+
+def read_image(path) -> torch.Tensor:
+    """Read an image as a float32 tensor ``(C, H, W)`` in ``[0, 1]``, rows first.
+
+    RGB gives 3 channels, RGBA 3 (alpha dropped), grayscale 1 (grey+alpha: alpha
+    dropped too). Integer pixels are divided by their dtype's maximum
+    (uint8 / 255, uint16 / 65535); float pixels are passed through unchanged.
+    """
+    array = _read_array(path)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.shape[-1] in (2, 4):  # grey+alpha, RGBA: alpha carries no stain information
+        array = array[..., :-1]
+
+    if array.dtype == bool:
+        array = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32) / np.iinfo(array.dtype).max
+    elif np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    else:
+        raise DataError(f"{path}: unsupported pixel type {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+# ----------------------------------------------------------------------------
+# Instance annotations
+# ----------------------------------------------------------------------------
+
+
+def _check_shape(shape, path) -> tuple[int, int]:
+    if shape is None:
+        raise DataError(f"{path}: polygon annotations need the image shape (H, W) to be rasterised")
+    try:
+        rows, cols = (int(s) for s in shape)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: shape must be (H, W), got {shape!r}") from err
+    if rows <= 0 or cols <= 0:
+        raise DataError(f"{path}: shape must be positive, got {(rows, cols)}")
+    return rows, cols
+
+
+def _consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N (0 stays background), as int32."""
+    return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def read_instances(path, shape=None) -> np.ndarray:
+    """Read an instance label map ``int32 (H, W)``: 0 background, 1..N instances.
+
+    The file suffix decides the format:
+
+    * ``.xml`` -> :func:`read_aperio_xml`; ``.geojson`` / ``.json`` ->
+      :func:`read_qupath_geojson`. These need ``shape = (H, W)``.
+    * anything else is a label image (png, tif, tiff, nii, nii.gz). If ``shape``
+      is given it must match. RGB(A) label images (instance ids stored as
+      colours) get one id per distinct non-black colour (fully transparent
+      pixels are background too); integer images are renumbered 1..N keeping 0
+      as background.
+    """
+    path = pathlib.Path(path)
+    suffix = _suffix(path)
+    if suffix == ".xml":
+        return read_aperio_xml(path, _check_shape(shape, path))[0]
+    if suffix in (".geojson", ".json"):
+        return read_qupath_geojson(path, _check_shape(shape, path))
+
+    array = _read_array(path)
+    if shape is not None and tuple(array.shape[:2]) != _check_shape(shape, path):
+        raise DataError(
+            f"{path}: label image has shape {tuple(array.shape[:2])} but the image has shape {tuple(shape)}"
+        )
+
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3:
+        if array.shape[-1] not in (3, 4):
+            raise DataError(f"{path}: label image has {array.shape[-1]} channels, expected 1, 3 or 4")
+        colours = array[..., :3].reshape(-1, 3)
+        _, ids = np.unique(colours, axis=0, return_inverse=True)
+        labels = ids.reshape(array.shape[:2]).astype(np.int64) + 1
+        background = ~colours.any(axis=1).reshape(array.shape[:2])
+        if array.shape[-1] == 4:
+            background |= array[..., 3] == 0
+        labels[background] = 0
+        return _consecutive(labels)
+
+    if np.issubdtype(array.dtype, np.floating):
+        # NIfTI label maps are often stored as floats; accept whole numbers only.
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise DataError(f"{path}: label image has non-integer values")
+        array = array.astype(np.int64)
+    elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise DataError(f"{path}: unsupported label pixel type {array.dtype}")
+    array = array.astype(np.int64)
+    if array.min() < 0:
+        raise DataError(f"{path}: label image has negative values (min {array.min()})")
+    return _consecutive(array)
+
+
+def read_aperio_xml(path, shape) -> tuple[np.ndarray, int]:
+    """Rasterise an Aperio ImageScope XML into ``(labels int32 (H, W), n_degenerate)``.
+
+    Each ``<Region>`` is one instance, its outline the ``<Vertex X=.. Y=..>``
+    list, where X is the COLUMN and Y is the ROW. Regions are drawn in file
+    order, **later regions over earlier ones**. A region with fewer than 3
+    vertices, or one that covers no pixel centre inside the image, is skipped
+    and counted in ``n_degenerate``. Ids are consecutive in drawing order among
+    the drawn regions; a region entirely painted over by later ones vanishes
+    and the ids are renumbered to stay consecutive. A file with no regions
+    gives an empty (all-zero) map.
+    """
+    path = _existing_file(path)
+    shape = _check_shape(shape, path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"{path}: malformed XML ({err})") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err})") from err
+
+    labels = np.zeros(shape, dtype=np.int32)
+    n_degenerate = 0
+    next_id = 1
+    for index, region in enumerate(root.iter("Region")):
+        vertices = region.findall("./Vertices/Vertex")
+        try:
+            cols = np.array([float(v.attrib["X"]) for v in vertices])
+            rows = np.array([float(v.attrib["Y"]) for v in vertices])
+        except (KeyError, ValueError) as err:
+            region_id = region.get("Id", "?")
+            raise DataError(
+                f"{path}: region #{index} (Id={region_id}) has a vertex without a numeric X/Y ({err!r})"
+            ) from err
+        if len(vertices) < 3:
+            n_degenerate += 1
+            continue
+        rr, cc = draw_polygon(rows, cols, shape)
+        if rr.size == 0:
+            n_degenerate += 1
+            continue
+        labels[rr, cc] = next_id
+        next_id += 1
+    return _consecutive(labels), n_degenerate
+
+
+def _ring_mask(ring, shape, path) -> np.ndarray:
+    """Pixels inside one GeoJSON ring of [x, y] = [column, row] points."""
+    try:
+        points = np.asarray(ring, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: polygon ring is not a list of [x, y] numbers") from err
+    if points.ndim != 2 or points.shape[1] < 2:
+        raise DataError(f"{path}: polygon ring is not a list of [x, y] points (array shape {points.shape})")
+    mask = np.zeros(shape, dtype=bool)
+    if len(points) >= 3:
+        mask[draw_polygon(points[:, 1], points[:, 0], shape)] = True
+    return mask
+
+
+def _polygon_mask(rings, shape, path) -> np.ndarray:
+    """A GeoJSON Polygon: the first ring filled, the following rings (holes) cleared."""
+    if not isinstance(rings, list) or not rings:
+        raise DataError(f"{path}: Polygon coordinates must be a non-empty list of rings")
+    mask = _ring_mask(rings[0], shape, path)
+    for hole in rings[1:]:
+        mask &= ~_ring_mask(hole, shape, path)
+    return mask
+
+
+def read_qupath_geojson(path, shape) -> np.ndarray:
+    """Rasterise a QuPath GeoJSON export into ``labels int32 (H, W)``.
+
+    Accepts a FeatureCollection, a list of Features or a single Feature. Each
+    Polygon feature is one instance (exterior ring filled, holes cleared); a
+    MultiPolygon is one instance made of all its parts. Coordinates are
+    ``[x, y] = [column, row]``. Other geometry types, and features that cover
+    no pixel, are skipped. As for XML, later features are drawn over earlier ones
+    and ids are consecutive in drawing order.
+    """
+    path = _existing_file(path)
+    shape = _check_shape(shape, path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: malformed JSON ({err})") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err})") from err
+
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        features = [data]
+    else:
+        features = data
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        raise DataError(f"{path}: expected a GeoJSON FeatureCollection, a Feature or a list of Features")
+
+    labels = np.zeros(shape, dtype=np.int32)
+    next_id = 1
+    for feature in features:
+        geometry = feature.get("geometry") or {}
+        kind = geometry.get("type") if isinstance(geometry, dict) else None
+        coordinates = geometry.get("coordinates") if kind else None
+        if kind == "Polygon":
+            mask = _polygon_mask(coordinates, shape, path)
+        elif kind == "MultiPolygon":
+            if not isinstance(coordinates, list):
+                raise DataError(f"{path}: MultiPolygon coordinates must be a list of polygons")
+            mask = np.zeros(shape, dtype=bool)
+            for part in coordinates:
+                mask |= _polygon_mask(part, shape, path)
+        else:
+            continue  # points, lines, ... carry no instance outline
+        if mask.any():
+            labels[mask] = next_id
+            next_id += 1
+    return _consecutive(labels)
+
+
+# ----------------------------------------------------------------------------
+# Dataset folders
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset folder and where its annotation lives."""
+
+    image_id: str
+    image_path: pathlib.Path
+    annotation_path: pathlib.Path | None  # None for an image-only folder
+    organ: str | None
+    split: str | None  # "train" / "test" / None when organs.csv is absent or has no split
+
+
+def _find_images(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    images: dict[str, pathlib.Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or _suffix(path) not in IMAGE_SUFFIXES:
+            continue
+        image_id = _stem(path)
+        if image_id in images:
+            raise DataError(f"{folder}: two images share the id {image_id!r}: {images[image_id].name}, {path.name}")
+        images[image_id] = path
+    return images
+
+
+def _find_annotation(root: pathlib.Path, image_id: str) -> pathlib.Path | None:
+    candidates = [root / "annotations" / f"{image_id}{s}" for s in POLYGON_SUFFIXES]
+    candidates += [root / "labels" / f"{image_id}{s}" for s in LABEL_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _read_organs_csv(path: pathlib.Path) -> tuple[dict[str, dict[str, str | None]], bool]:
+    """image_id -> {"organ", "split"}, and whether the file has a split column."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read CSV ({err})") from err
+    if "image_id" not in columns:
+        raise DataError(f"{path}: no 'image_id' column (columns: {columns})")
+    table = {
+        row["image_id"]: {"organ": row.get("organ") or None, "split": row.get("official_split") or None}
+        for row in rows
+    }
+    return table, "official_split" in columns
+
+
+def list_dataset(root, split=None, organ=None) -> list[Sample]:
+    """List the samples of a dataset folder, sorted by image_id.
+
+    Layout: ``images/<id>.<tif|tiff|png|jpg>`` with either
+    ``annotations/<id>.xml`` (or ``.geojson``) or
+    ``labels/<id>.<png|tif|tiff|nii.gz>``, and an optional ``organs.csv``
+    (columns ``image_id, organ, official_split``). A plain folder of images (no
+    ``images/`` subfolder) is read as image-only. Images without an annotation
+    get ``annotation_path=None``.
+
+    ``split`` keeps the images whose official_split equals it; without
+    organs.csv, or without a split column, every image belongs to every split
+    (images missing from a CSV that has splits belong to none). ``organ`` keeps
+    images of that organ, ignoring case.
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    image_dir = root / "images"
+    image_only = not image_dir.is_dir()
+    images = _find_images(root if image_only else image_dir)
+    if not images:
+        raise DataError(
+            f"{root}: no images found (looked for images/<id> and for image files in the folder itself,"
+            f" with suffixes {', '.join(IMAGE_SUFFIXES)})"
+        )
+
+    csv_path = root / "organs.csv"
+    table, has_split = _read_organs_csv(csv_path) if csv_path.is_file() else ({}, False)
+    samples = [
+        Sample(
+            image_id=image_id,
+            image_path=image_path,
+            annotation_path=None if image_only else _find_annotation(root, image_id),
+            organ=table.get(image_id, {}).get("organ"),
+            split=table.get(image_id, {}).get("split"),
+        )
+        for image_id, image_path in sorted(images.items())
+    ]
+
+    if split is not None and has_split:
+        kept = [s for s in samples if s.split == split]
+        if not kept:
+            splits = sorted({s.split for s in samples if s.split})
+            raise DataError(f"{root}: split={split!r} leaves no images; splits in {csv_path.name}: {splits}")
+        samples = kept
+    if organ is not None:
+        kept = [s for s in samples if s.organ is not None and s.organ.lower() == str(organ).lower()]
+        if not kept:
+            organs = sorted({s.organ for s in samples if s.organ})
+            where = f" in split {split!r}" if split is not None and has_split else ""
+            known = organs if csv_path.is_file() else "none (no organs.csv)"
+            raise DataError(f"{root}: organ={organ!r} leaves no images; organs{where}: {known}")
+        samples = kept
+    return samples
+
+
+def load_sample(sample) -> tuple[torch.Tensor, np.ndarray]:
+    """Read one sample: ``(image (C, H, W) float32, labels (H, W) int32)``.
+
+    Raises DataError for an image-only sample, a missing annotation file, or an
+    annotation whose shape differs from the image.
+    """
+    if sample.annotation_path is None:
+        raise DataError(f"{sample.image_path}: image {sample.image_id!r} has no annotation (image-only sample)")
+    if not pathlib.Path(sample.annotation_path).is_file():
+        raise DataError(f"{sample.annotation_path}: annotation file not found for image {sample.image_id!r}")
+    image = read_image(sample.image_path)
+    labels = read_instances(sample.annotation_path, shape=tuple(image.shape[1:]))
+    return image, labels
