@@ -1,0 +1,44 @@
+"""The bundle's configs: metadata that validates against MONAI's schema, configs that parse and build."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+from monai.bundle import ConfigParser, verify_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"
+
+
+def test_metadata_validates_against_the_bundle_schema():
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+
+
+def test_monai_verify_metadata_accepts_it_offline(tmp_path):
+    # an existing schema file is not downloaded again: the check runs without a network
+    schema = tmp_path / "schema.json"
+    schema.write_bytes(SCHEMA.read_bytes())
+    verify_metadata(meta_file=str(ROOT / "configs" / "metadata.json"), filepath=str(schema))
+
+
+def test_metadata_missing_a_required_field_is_rejected():
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
+
+
+def test_train_invariant_config_builds_its_trainer(tiny_dataset, tmp_path):
+    from bundle.bank import build_bank, save_bank
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+    parser = ConfigParser.load_config_file(str(ROOT / "configs" / "train_invariant.yaml"))
+    config = ConfigParser(parser)
+    config.update({"bundle_root": str(ROOT), "bank_path": str(bank), "ckpt_dir": str(tmp_path / "ckpt"),
+                   "device": "$torch.device('cpu')"})
+    trainer = config.get_parsed_content("train#trainer")
+    assert trainer.state.max_epochs == 60
+    assert isinstance(config.get_parsed_content("network"), torch.nn.Module)
