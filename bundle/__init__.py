@@ -9,3 +9,5 @@ The pipeline stages, in the order the method runs them, each in its own module:
     networks    DiffeoInvariantNet (match) and DiffeoMappingNet (register)
     matching    nearest-archetype search and the matching metrics
 """
+
+from . import bank, data, losses, matching, networks, patches, training, transforms  # noqa: E402,F401  (configs use bundle.<stage>)

@@ -4,7 +4,8 @@
   device, so augmentation runs batched on the GPU when there is one;
 * ``MatchingViews``: the validation batch, canonical cells plus seeded deformed query views (for ``MatchingMetric``);
 * ``EmbedInferer``: embeddings, plus the reconstruction while training a network with a decoder;
-* ``LastCheckpoint``: saves ``last.pt`` every epoch and resumes from it, so an interrupted run continues.
+* ``LastCheckpoint``: saves ``last.pt`` every epoch and resumes from it, so an interrupted run continues;
+* ``ProgressBar``: a tqdm bar with the loss.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Events
+from ignite.handlers import ProgressBar as IgniteProgressBar
 from monai.handlers import CheckpointLoader
 from monai.inferers import Inferer
 
@@ -101,4 +103,11 @@ def progress_output(output) -> dict:
     """What the progress bar shows: the iteration's loss."""
     if isinstance(output, list):
         output = output[0]
-    return {"loss": float(output["loss"])}
+    return {"loss": float(output["loss"].detach())}
+
+
+class ProgressBar(IgniteProgressBar):
+    """ignite's tqdm progress bar showing the loss; MONAI engines call ``attach(engine)`` with no options."""
+
+    def attach(self, engine, metric_names=None, output_transform=progress_output, **kwargs):
+        super().attach(engine, metric_names=metric_names, output_transform=output_transform, **kwargs)
