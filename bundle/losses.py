@@ -56,3 +56,51 @@ class InvariantLoss(nn.Module):
             embeddings, reconstruction, views = preds
             return self.contrastive(embeddings, cells) + self.reconstruction_weight * F.mse_loss(reconstruction, views)
         return self.contrastive(preds, cells)
+
+
+class RegistrationLoss(nn.Module):
+    """The training objective of DiffeoMappingNet on a pair (moving archetype view, fixed cell view):
+
+        similarity(warp(moving, phi), fixed)                      image term
+      + cycle_weight * similarity(warp(fixed, phi_inv), moving)   cycle term: the inverse must map back
+      + smooth_weight * bending_energy(phi)                       smoothness
+      + label_weight * dice(warp(moving_mask, phi), fixed_mask)   label term (both masks known: bank cells)
+
+    ``preds`` = (phi, phi_inv), each (B, 2, P, P); ``targets`` = cat([moving, fixed, moving_mask, fixed_mask], dim=1),
+    (B, 2C + 2, P, P), as made by ``bundle.training.RegistrationPairs``. The mask is warped bilinearly because nearest
+    sampling has no gradient with respect to the field.
+
+    Args:
+        similarity: "lncc" (local normalised cross-correlation, 2-D, window ``kernel_size``) or "mse".
+    """
+
+    def __init__(self, similarity: str = "lncc", cycle_weight: float = 0.5, smooth_weight: float = 1.0,
+                 label_weight: float = 1.0, kernel_size: int = 9):
+        super().__init__()
+        from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
+
+        if similarity == "lncc":
+            self.similarity = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=kernel_size)
+        elif similarity == "mse":
+            self.similarity = nn.MSELoss()
+        else:
+            raise ValueError(f"unknown similarity {similarity!r}; choose 'lncc' or 'mse'")
+        self.smoothness = BendingEnergyLoss()
+        self.dice = DiceLoss()
+        self.cycle_weight, self.smooth_weight, self.label_weight = cycle_weight, smooth_weight, label_weight
+
+    def forward(self, preds, targets: torch.Tensor) -> torch.Tensor:
+        from .transforms import warp
+
+        phi, phi_inv = preds
+        c = (targets.shape[1] - 2) // 2
+        moving, fixed = targets[:, :c], targets[:, c : 2 * c]
+        moving_mask, fixed_mask = targets[:, 2 * c : 2 * c + 1], targets[:, 2 * c + 1 :]
+        loss = self.similarity(warp(moving, phi), fixed)
+        if self.cycle_weight:
+            loss = loss + self.cycle_weight * self.similarity(warp(fixed, phi_inv), moving)
+        if self.smooth_weight:
+            loss = loss + self.smooth_weight * self.smoothness(phi)
+        if self.label_weight:
+            loss = loss + self.label_weight * self.dice(warp(moving_mask, phi, "bilinear", "zeros"), fixed_mask)
+        return loss

@@ -1,8 +1,10 @@
 """training: the pieces the MONAI/ignite engines of ``configs/train_*.yaml`` need beyond MONAI itself.
 
+* ``ContrastiveCells``: the bank's cells plus label-free proposal crops, the instances of contrastive training;
 * ``MultiViewBatch``: a ``prepare_batch`` that turns a batch of bank cells into n deformed views each, on the engine's
   device, so augmentation runs batched on the GPU when there is one;
 * ``MatchingViews``: the validation batch, canonical cells plus seeded deformed query views (for ``MatchingMetric``);
+* ``RegistrationPairs``, ``FieldsInferer``: the same for DiffeoMappingNet (pairs of views, forward and inverse fields);
 * ``EmbedInferer``: embeddings, plus the reconstruction while training a network with a decoder;
 * ``LastCheckpoint``: saves ``last.pt`` every epoch and resumes from it, so an interrupted run continues;
 * ``ProgressBar``: a tqdm bar with the loss.
@@ -14,15 +16,58 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 from monai.handlers import CheckpointLoader
 from monai.inferers import Inferer
+from tqdm.auto import tqdm
 
-from .patches import PATCH_SIZE, centre_crop
+from .data import list_dataset, read_image
+from .detect import nucleus_proposals
+from .patches import CROP_SIZE, PATCH_SIZE, centre_crop, crop_patches
 
 logger = logging.getLogger(__name__)
+
+
+class ContrastiveCells(torch.utils.data.Dataset):
+    """The training instances of DiffeoInvariantNet: the bank's cells, plus optional *unlabelled* cells.
+
+    Unlabelled cells are crops centred on label-free hematoxylin proposals (``bundle.detect``) of a dataset folder's
+    ``split`` images; no annotation is read for them. They add instances for the contrastive task without adding
+    ground truth, which is what keeps a 10 % bank from being memorised. ``max_per_image`` proposals are drawn per image
+    with a fixed seed. Items: ``image`` (C, 96, 96) float in [0, 1] and ``cell``, the instance index.
+    """
+
+    def __init__(self, bank: dict, unlabelled_dir=None, organ=None, split: str = "train", max_per_image: int = 300,
+                 seed: int = 0):
+        images = [bank["images"]]
+        if unlabelled_dir:
+            images.append(proposal_crops(unlabelled_dir, split=split, organ=organ, max_per_image=max_per_image, seed=seed))
+        self.images = torch.cat(images)
+        self.n_bank = len(bank["images"])
+        logger.info("contrastive training on %d bank cells + %d unlabelled proposals", self.n_bank,
+                    len(self.images) - self.n_bank)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i].float() / 255.0, "cell": torch.tensor(i)}
+
+
+def proposal_crops(dataset_dir, split="train", organ=None, max_per_image: int = 300, seed: int = 0) -> torch.Tensor:
+    """uint8 crops (N, C, 96, 96) centred on hematoxylin proposals of the images (no annotation is read)."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for sample in tqdm(list_dataset(dataset_dir, split=split, organ=organ), desc="unlabelled proposals", unit="image"):
+        image = read_image(sample.image_path)
+        centres = nucleus_proposals(image)
+        if len(centres) > max_per_image:
+            centres = centres[rng.choice(len(centres), max_per_image, replace=False)]
+        crops.append((crop_patches(image, centres, CROP_SIZE).clamp(0, 1) * 255).round().to(torch.uint8))
+    return torch.cat(crops)
 
 
 class MultiViewBatch:
@@ -61,6 +106,65 @@ class MatchingViews:
         ids = torch.cat([cells, cells.repeat_interleave(self.n_views)])
         is_query = torch.cat([torch.zeros_like(cells), torch.ones(len(queries), dtype=cells.dtype, device=cells.device)])
         return inputs, torch.stack([ids, is_query], dim=1)
+
+
+class RegistrationPairs:
+    """prepare_batch for DiffeoMappingNet: (pair (B, 2C, P, P), targets (B, 2C + 2, P, P)).
+
+    For every bank cell in the batch the fixed view is a random realistic deformation of it. The moving view is another
+    deformation of the same cell or, for a share ``hard_fraction`` of the batch, of a different bank cell: a hard
+    example, like a matched archetype at inference. The moving view is then pre-aligned by the best dihedral element
+    (as at inference), so the network learns the residual deformation. targets = cat([moving, fixed, moving mask,
+    fixed mask]) for ``bundle.losses.RegistrationLoss``. ``seed`` fixes which pairs are hard (for validation,
+    ``reseed=True`` also re-seeds the deformations from the batch's first cell id, so every round sees the same pairs).
+    """
+
+    def __init__(self, augment, hard_fraction: float = 0.25, patch_size: int = PATCH_SIZE, align: str | None = "mi",
+                 seed: int = 0, reseed: bool = False):
+        self.augment, self.hard_fraction, self.patch_size, self.align = augment, hard_fraction, patch_size, align
+        self.seed, self.reseed = seed, reseed
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        from .register import dihedral, dihedral_align
+
+        images = batchdata["image"].to(device, non_blocking=non_blocking)
+        masks = batchdata["mask"].to(device, non_blocking=non_blocking)
+        b = len(images)
+        rng = np.random.default_rng(self.seed + int(batchdata["cell"][0])) if self.reseed else self.rng
+        if self.reseed:
+            self.augment.set_random_state(self.seed + int(batchdata["cell"][0]))
+        partner = np.arange(b)
+        hard = rng.random(b) < self.hard_fraction
+        if b > 1:
+            partner[hard] = (partner[hard] + rng.integers(1, b, hard.sum())) % b  # any other cell of the batch
+        partner = torch.as_tensor(partner, device=images.device)
+        fixed = self.augment({"image": images, "mask": masks})
+        moving = self.augment({"image": images[partner], "mask": masks[partner]})
+        fixed = {k: centre_crop(torch.as_tensor(v), self.patch_size) for k, v in fixed.items()}
+        moving = {k: centre_crop(torch.as_tensor(v), self.patch_size) for k, v in moving.items()}
+        if self.align:
+            k = dihedral_align(moving["image"], fixed["image"], self.align)
+            moving = {key: dihedral(v, k) for key, v in moving.items()}
+        pair = torch.cat([moving["image"], fixed["image"]], dim=1)
+        return pair, torch.cat([pair, moving["mask"], fixed["mask"]], dim=1)
+
+
+class FieldsInferer(Inferer):
+    """network.fields(pair) -> (phi, phi_inv) while training; network(pair) -> phi otherwise."""
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        net = getattr(network, "module", network)
+        return net.fields(inputs) if network.training else network(inputs)
+
+
+def warped_mask_and_target(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(warped moving mask, fixed mask), each (B, 1, P, P), from a registration evaluator's output, for MeanDice."""
+    from .register import warp_labels
+
+    phi, targets = output["pred"], output["label"]
+    c = (targets.shape[1] - 2) // 2
+    return warp_labels(targets[:, 2 * c : 2 * c + 1], phi, "mask"), targets[:, 2 * c + 1 :]
 
 
 class EmbedInferer(Inferer):

@@ -103,7 +103,11 @@ def run_matching(args, seed: int) -> dict:
         if args.checkpoint:
             network, train_seconds = load_invariant(Path(args.checkpoint), device), 0.0
         else:
-            overrides = {"train#trainer#max_epochs": args.epochs, "device": f"$torch.device('{args.device}')"}
+            overrides = {"train#trainer#max_epochs": args.epochs, "device": f"$torch.device('{args.device}')",
+                         "n_views": args.train_views}
+            if args.unlabelled:
+                # label-free proposal crops of the same train images: pixels only, no annotation
+                overrides.update({"unlabelled_dir": str(args.train_dir), "unlabelled_organ": args.organ})
             network = train_invariant(bank_path, Path(tmp) / "ckpt", seed, overrides)
             train_seconds = time.perf_counter() - start
     cells = held_out_cells(args.test_dir, args.organ)
@@ -160,6 +164,9 @@ def main(argv=None) -> int:
     m.add_argument("--checkpoint", default=None, help="a trained DiffeoInvariantNet ({'model': state_dict}); else train")
     m.add_argument("--epochs", type=int, default=60, help="training epochs when no checkpoint is given")
     m.add_argument("--views", type=int, default=2, help="query views per held-out cell")
+    m.add_argument("--train-views", type=int, default=2, help="views per cell in contrastive training")
+    m.add_argument("--no-unlabelled", dest="unlabelled", action="store_false",
+                   help="train on the bank cells only, without label-free proposal crops of the train images")
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)

@@ -22,6 +22,15 @@ from bundle.transforms import Rotation, SmoothVelocityField, affine_field, jacob
 P = 64
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a CPU shared with other jobs, intra-op threads waiting on each other turn fractions of a second into minutes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def ellipse_mask(angle_deg=10.0, centre=(31.5, 31.5), axes=(14, 6), size=P) -> torch.Tensor:
     """(1, 1, size, size) float mask of an ellipse whose major axis is at angle_deg, counter-clockwise as displayed."""
     m = np.zeros((size, size), np.float32)

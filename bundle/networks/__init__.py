@@ -1,3 +1,4 @@
 from .invariant import DiffeoInvariantNet
+from .mapping import DiffeoMappingNet
 
-__all__ = ["DiffeoInvariantNet"]
+__all__ = ["DiffeoInvariantNet", "DiffeoMappingNet"]
