@@ -8,6 +8,14 @@ matching: the paper's Table I. The bank is a seeded ``--fraction`` of the train 
 it with ``configs/train_invariant.yaml`` (or loaded from ``--checkpoint``). Queries are fresh realistic-diffeomorphism
 views of the held-out test cells, the gallery their canonical crops; MAP, top-1 and top-3 as defined in
 ``bundle.matching``. ``--seeds 0,1,2`` repeats the whole protocol (bank draw, training, queries) and reports mean ± sd.
+
+registration: the registration table. For held-out test cells (``--max-pairs`` drawn with the seed), the nearest
+archetype by DiffeoInvariantNet is mapped onto the cell and its mask scored against the cell's own ground truth. Rows on
+the same pairs: identity, dihedral only, SimpleITK demons, ANTs SyNOnly (if antspyx imports), ours. Then the same rows
+on the synthetic-shape check (shapes warped by a known random diffeomorphism).
+
+Trained networks are kept under ``--work-dir`` per (organ, fraction, seed) and reused by later runs unless
+``--retrain``; ``--checkpoint`` / ``--mapping-checkpoint`` use given weights instead.
 """
 
 from __future__ import annotations
@@ -28,12 +36,16 @@ sys.path.insert(0, str(ROOT))
 
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
 
-from bundle.bank import build_bank, concatenate, extract_cells, save_bank  # noqa: E402
+from bundle import baselines, synthetic  # noqa: E402
+from bundle.bank import build_bank, concatenate, extract_cells, save_bank, take  # noqa: E402
 from bundle.data import list_dataset, load_sample  # noqa: E402
-from bundle.matching import matching_metrics  # noqa: E402
-from bundle.patches import PATCH_SIZE, centre_crop  # noqa: E402
+from bundle.matching import matching_metrics, nearest_archetype  # noqa: E402
+from bundle.metrics import registration_scores  # noqa: E402
+from bundle.patches import PATCH_SIZE, centre_crop, orientation_ramp  # noqa: E402
+from bundle.register import dihedral, dihedral_align, register, warp_labels  # noqa: E402
 
 TRAIN_INVARIANT = ROOT / "configs" / "train_invariant.yaml"
+TRAIN_MAPPING = ROOT / "configs" / "train_mapping.yaml"
 
 
 def held_out_cells(test_dir, organ) -> dict:
@@ -45,10 +57,10 @@ def held_out_cells(test_dir, organ) -> dict:
     return concatenate(parts)
 
 
-def train_invariant(bank_path: Path, ckpt_dir: Path, seed: int, overrides: dict) -> torch.nn.Module:
-    """Train DiffeoInvariantNet on a bank with the bundle's own training config; returns the trained network."""
+def train(config: Path, bank_path: Path, ckpt_dir: Path, seed: int, overrides: dict) -> torch.nn.Module:
+    """Train a network on a bank with the bundle's own training config; returns the trained network."""
     workflow = ConfigWorkflow(
-        config_file=str(TRAIN_INVARIANT),
+        config_file=str(config),
         workflow_type=None,
         bundle_root=str(ROOT),
         bank_path=str(bank_path),
@@ -62,9 +74,11 @@ def train_invariant(bank_path: Path, ckpt_dir: Path, seed: int, overrides: dict)
     return workflow.parser.get_parsed_content("network")
 
 
-def load_invariant(checkpoint: Path, device) -> torch.nn.Module:
-    parser = ConfigParser.load_config_file(str(TRAIN_INVARIANT))
-    network = ConfigParser(parser).get_parsed_content("network_def")
+def load_network(config: Path, checkpoint: Path, device, overrides: dict | None = None) -> torch.nn.Module:
+    """The config's ``network_def`` with the weights of a ``{"model": state_dict}`` checkpoint."""
+    parser = ConfigParser(ConfigParser.load_config_file(str(config)))
+    parser.update(overrides or {})
+    network = parser.get_parsed_content("network_def")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))
     return network.to(device)
@@ -94,22 +108,52 @@ def query_views(cells: dict, seed: int, n_views: int, device, batch_size: int = 
     return torch.cat(views)
 
 
+def work_dir(args, seed: int) -> Path:
+    return Path(args.work_dir) / f"{(args.organ or 'all').lower()}_f{args.fraction:g}_s{seed}"
+
+
+def bank_for(args, seed: int) -> tuple[dict, Path]:
+    """The seeded bank of the train rows, saved in the work dir."""
+    bank = build_bank(args.train_dir, fraction=args.fraction, seed=seed, organ=args.organ, per_organ=args.per_organ)
+    return bank, save_bank(bank, work_dir(args, seed) / "bank.pt")
+
+
+def trained(args, seed: int, which: str, bank_path: Path) -> tuple[torch.nn.Module, float]:
+    """DiffeoInvariantNet ("invariant") or DiffeoMappingNet ("mapping"): given, cached, or trained now.
+
+    Returns the network and the seconds spent training it (read from the cache when reused).
+    """
+    device = torch.device(args.device)
+    config = TRAIN_INVARIANT if which == "invariant" else TRAIN_MAPPING
+    given = args.checkpoint if which == "invariant" else getattr(args, "mapping_checkpoint", None)
+    if given:
+        return load_network(config, Path(given), device), 0.0
+    cache = work_dir(args, seed) / f"{which}.pt"
+    if cache.is_file() and not args.retrain:
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        print(f"reusing {cache}")
+        return load_network(config, cache, device), float(state.get("train_seconds", 0.0))
+    overrides = {"device": f"$torch.device('{args.device}')"}
+    if which == "invariant":
+        overrides.update({"train#trainer#max_epochs": args.epochs, "n_views": args.train_views})
+        if args.unlabelled:
+            # label-free proposal crops of the same train images: pixels only, no annotation
+            overrides.update({"unlabelled_dir": str(args.train_dir), "unlabelled_organ": args.organ})
+    else:
+        overrides.update({"train#trainer#max_epochs": args.mapping_epochs, "backbone": args.backbone,
+                          "label_weight": args.label_weight, "similarity": args.similarity})
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        network = train(config, bank_path, Path(tmp), seed, overrides)
+    seconds = time.perf_counter() - start
+    torch.save({"model": network.state_dict(), "train_seconds": torch.tensor(seconds)}, cache)
+    return network, seconds
+
+
 def run_matching(args, seed: int) -> dict:
     device = torch.device(args.device)
-    bank = build_bank(args.train_dir, fraction=args.fraction, seed=seed, organ=args.organ, per_organ=args.per_organ)
-    with tempfile.TemporaryDirectory() as tmp:
-        bank_path = save_bank(bank, Path(tmp) / "bank.pt")
-        start = time.perf_counter()
-        if args.checkpoint:
-            network, train_seconds = load_invariant(Path(args.checkpoint), device), 0.0
-        else:
-            overrides = {"train#trainer#max_epochs": args.epochs, "device": f"$torch.device('{args.device}')",
-                         "n_views": args.train_views}
-            if args.unlabelled:
-                # label-free proposal crops of the same train images: pixels only, no annotation
-                overrides.update({"unlabelled_dir": str(args.train_dir), "unlabelled_organ": args.organ})
-            network = train_invariant(bank_path, Path(tmp) / "ckpt", seed, overrides)
-            train_seconds = time.perf_counter() - start
+    bank, bank_path = bank_for(args, seed)
+    network, train_seconds = trained(args, seed, "invariant", bank_path)
     cells = held_out_cells(args.test_dir, args.organ)
     gallery = embed(network, cells["images"], device)
     queries = embed(network, query_views(cells, seed + 10_000, args.views, device), device)
@@ -124,6 +168,99 @@ def run_matching(args, seed: int) -> dict:
         **metrics,
         "train_seconds": round(train_seconds, 1),
     }
+
+
+def score_rows(fields: dict, moving: dict, targets: torch.Tensor, seconds: dict, n: int) -> dict:
+    """Mean of each registration score for every row. fields: row -> (ddf or None, dihedral k or None)."""
+    rows = {}
+    for name, (ddf, k) in fields.items():
+        mask, ramp = moving["mask"], moving["ramp"]
+        if k is not None:
+            mask, ramp = dihedral(mask, k), dihedral(ramp, k)
+        if ddf is not None:
+            mask = warp_labels(mask, ddf, "mask")
+            ramp = warp_labels(ramp, ddf, "continuous") * mask
+        scores = registration_scores(mask, ramp, targets, ddf)
+        rows[name] = {key: float(np.mean(v)) for key, v in scores.items()}
+        rows[name]["ms_per_pair"] = 1000.0 * seconds.get(name, 0.0) / max(n, 1)
+    return rows
+
+
+def registration_rows(mapping, moving: dict, cells: torch.Tensor, targets: torch.Tensor, device) -> dict:
+    """The table's rows for archetypes ``moving`` {"image", "mask", "ramp"} (N, ., P, P) registered onto ``cells``."""
+    n, seconds, fields = len(cells), {}, {"identity": (None, None)}
+    start = time.perf_counter()
+    k = dihedral_align(moving["image"], cells, "mi")
+    seconds["dihedral"] = time.perf_counter() - start
+    fields["dihedral"] = (None, k)
+    aligned = dihedral(moving["image"], k)
+    start = time.perf_counter()
+    fields["demons"] = (baselines.demons_register(aligned, cells), k)
+    seconds["demons"] = time.perf_counter() - start + seconds["dihedral"]
+    if baselines.ants_available():
+        start = time.perf_counter()
+        fields["ants_synonly"] = (baselines.ants_register(aligned, cells), k)
+        seconds["ants_synonly"] = time.perf_counter() - start + seconds["dihedral"]
+    start = time.perf_counter()
+    ours = register(mapping, {"image": moving["image"].to(device)}, cells.to(device), align="mi", batch_size=512)
+    seconds["ours"] = time.perf_counter() - start
+    fields["ours"] = (ours["ddf"].cpu(), ours["dihedral"].cpu())
+    return score_rows(fields, moving, targets, seconds, n)
+
+
+def run_registration(args, seed: int) -> dict:
+    device = torch.device(args.device)
+    bank, bank_path = bank_for(args, seed)
+    invariant, _ = trained(args, seed, "invariant", bank_path)
+    mapping, mapping_seconds = trained(args, seed, "mapping", bank_path)
+    cells = held_out_cells(args.test_dir, args.organ)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(cells["images"]), min(args.max_pairs, len(cells["images"])), replace=False))
+    cells = take(cells, pick)
+    archetype_index, _ = nearest_archetype(embed(invariant, cells["images"], device), embed(invariant, bank["images"], device))
+    masks = centre_crop(bank["masks"][archetype_index].float(), PATCH_SIZE)
+    moving = {"image": centre_crop(bank["images"][archetype_index].float() / 255, PATCH_SIZE), "mask": masks,
+              "ramp": orientation_ramp(masks)}
+    fixed = centre_crop(cells["images"].float() / 255, PATCH_SIZE)
+    rows = registration_rows(mapping, moving, fixed, centre_crop(cells["masks"].float(), PATCH_SIZE), device)
+
+    pairs = synthetic.synthetic_pairs(args.synthetic_pairs, seed=seed)
+    shapes = {"image": pairs["moving_image"], "mask": pairs["moving_mask"], "ramp": orientation_ramp(pairs["moving_mask"])}
+    synthetic_rows = registration_rows(mapping, shapes, pairs["fixed_image"], pairs["fixed_mask"], device)
+    return {"organ": args.organ or "all", "seed": seed, "pairs": len(fixed), "n_bank": len(bank["images"]),
+            "mapping_train_seconds": round(mapping_seconds, 1), "batch_size": 512, "rows": rows,
+            "synthetic": {"pairs": args.synthetic_pairs, "rows": synthetic_rows}}
+
+
+def summarise_rows(runs: list[dict]) -> dict:
+    """Mean and sd (ddof=1) over seeds of every row's scores, for the real pairs and the synthetic check."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def merge(tables):
+        out = {}
+        for row in tables[0]:
+            out[row] = {}
+            for key in tables[0][row]:
+                values = np.array([t[row][key] for t in tables], dtype=float)
+                out[row][key], out[row][f"{key}_sd"] = float(values.mean()), float(values.std(ddof=1))
+        return out
+
+    return {"organ": runs[0]["organ"], "seeds": [r["seed"] for r in runs], "pairs": runs[0]["pairs"],
+            "batch_size": runs[0]["batch_size"],
+            "mapping_train_seconds": float(np.mean([r["mapping_train_seconds"] for r in runs])),
+            "rows": merge([r["rows"] for r in runs]),
+            "synthetic": {"pairs": runs[0]["synthetic"]["pairs"], "rows": merge([r["synthetic"]["rows"] for r in runs])},
+            "runs": runs}
+
+
+def print_rows(title: str, rows: dict) -> None:
+    keys = ("dice", "iou", "neg_jac_pct", "one_component_pct", "dtheta_deg", "ms_per_pair")
+    print(f"\n{title}")
+    print(f"{'row':<14}" + "".join(f"{k:>22}" for k in keys))
+    for name, row in rows.items():
+        cells = [f"{row[k]:.3f} ± {row[k + '_sd']:.3f}" if f"{k}_sd" in row else f"{row[k]:.3f}" for k in keys]
+        print(f"{name:<14}" + "".join(f"{c:>22}" for c in cells))
 
 
 def summarise(runs: list[dict], keys=("map", "top1", "top3", "train_seconds")) -> dict:
@@ -154,6 +291,98 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("matching", help="DiffeoInvariantNet matching table (paper Table I)")
+    r = sub.add_parser("registration", help="DiffeoMappingNet registration table and the synthetic-shape check")
+    for p in (m, r):
+        add_common_flags(p)
+    r.add_argument("--mapping-checkpoint", default=None, help="a trained DiffeoMappingNet; else train")
+    r.add_argument("--mapping-epochs", type=int, default=100, help="DiffeoMappingNet epochs when training")
+    r.add_argument("--backbone", default="voxelmorph", choices=["voxelmorph", "localnet"])
+    r.add_argument("--similarity", default="lncc", choices=["lncc", "mse"])
+    r.add_argument("--label-weight", type=float, default=1.0, help="weight of the Dice label term (0: ablation)")
+    r.add_argument("--max-pairs", type=int, default=300, help="test cells per seed (demons is ~0.2 s a pair)")
+    r.add_argument("--synthetic-pairs", type=int, default=200)
+    a = sub.add_parser("annotate", help="whole-image annotation of the test tiles: counting and time per stage")
+    a.add_argument("--test-dir", required=True)
+    a.add_argument("--organ", default=None)
+    a.add_argument("--bank", default=None, help="bank file (default models/bank.pt)")
+    a.add_argument("--checkpoint", default=None, help="DiffeoInvariantNet (default models/invariant.pt)")
+    a.add_argument("--mapping-checkpoint", default=None, help="DiffeoMappingNet (default models/model.pt)")
+    a.add_argument("--min-similarity", type=float, default=0.0)
+    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    if args.command == "annotate":
+        result = run_annotate(args)
+        c = result["counting"]
+        print(f"\ncounting F1 {c['f1']['mean']:.3f} ± {c['f1']['sd']:.3f} (P {c['precision']['mean']:.3f}, "
+              f"R {c['recall']['mean']:.3f}); LoG F1 {result['baselines']['blob_log']['counting']['f1']['mean']:.3f}; "
+              f"{result['seconds_per_tile']:.2f} s per tile {result['stage_seconds']}")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    if args.command == "matching":
+        result = summarise([run_matching(args, s) for s in seeds])
+        print_table(result)
+    else:
+        result = summarise_rows([run_registration(args, s) for s in seeds])
+        print_rows(f"registration, organ {result['organ']}: {result['pairs']} test cells per seed", result["rows"])
+        print_rows(f"synthetic shapes: {result['synthetic']['pairs']} pairs per seed", result["synthetic"]["rows"])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_annotate(args) -> dict:
+    """Counting on the test tiles with the shipped models (or given ones): ours, and the label-free LoG baseline."""
+    from bundle.annotate import ArchetypeInferer, load_weights
+    from bundle.detect import log_blobs
+    from bundle.metrics import counting_scores
+    from bundle.patches import cell_centroids
+
+    device = torch.device(args.device)
+    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / "inference.yaml")))
+    parser.update({"bundle_root": str(ROOT), "device": f"$torch.device('{args.device}')"})
+    network = load_weights(parser.get_parsed_content("network_def"), args.mapping_checkpoint or ROOT / "models" / "model.pt")
+    invariant = load_weights(parser.get_parsed_content("invariant_def"), args.checkpoint or ROOT / "models" / "invariant.pt")
+    inferer = ArchetypeInferer(args.bank or ROOT / "models" / "bank.pt", invariant.to(device),
+                               min_similarity=args.min_similarity, batch_size=512)
+    network = network.to(device)
+    tiles = []
+    for sample in tqdm(list_dataset(args.test_dir, split="test", organ=args.organ), desc="annotating", unit="tile"):
+        image, labels = load_sample(sample)
+        _, truth = cell_centroids(labels)
+        start = time.perf_counter()
+        annotation = inferer.annotate(image, network)
+        seconds = time.perf_counter() - start
+        ours = np.stack([annotation.cells["centroid_row"], annotation.cells["centroid_col"]], 1) if annotation.cells["id"] else np.zeros((0, 2))
+        start = time.perf_counter()
+        blobs = log_blobs(image)
+        blob_seconds = time.perf_counter() - start
+        tiles.append({"image_id": sample.image_id, "n_truth": len(truth), "n_ours": len(ours),
+                      "n_proposals": annotation.n_proposals, "n_duplicates": annotation.n_duplicates,
+                      "ours": counting_scores(ours, truth), "blob_log": counting_scores(blobs, truth),
+                      "seconds": round(seconds, 2), "stages": {k: round(v, 3) for k, v in annotation.seconds.items()},
+                      "blob_seconds": round(blob_seconds, 2)})
+        print(f"{sample.image_id}: truth {len(truth)}, ours {len(ours)} F1 {tiles[-1]['ours']['f1']:.3f}, "
+              f"LoG {len(blobs)} F1 {tiles[-1]['blob_log']['f1']:.3f}, {seconds:.1f} s")
+
+    def mean_sd(key, sub):
+        values = np.array([t[key][sub] for t in tiles])
+        return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+    return {"organ": args.organ or "all", "tiles": tiles,
+            "counting": {k: mean_sd("ours", k) for k in ("precision", "recall", "f1")},
+            "baselines": {"blob_log": {"counting": {k: mean_sd("blob_log", k) for k in ("precision", "recall", "f1")}}},
+            "seconds_per_tile": float(np.mean([t["seconds"] for t in tiles])),
+            "stage_seconds": {k: float(np.mean([t["stages"][k] for t in tiles])) for k in tiles[0]["stages"]}}
+
+
+def add_common_flags(m) -> None:
     m.add_argument("--train-dir", required=True, help="dataset folder whose train rows give the bank")
     m.add_argument("--test-dir", required=True, help="dataset folder whose test rows give the queries")
     m.add_argument("--organ", default=None, help="only this organ (case-insensitive)")
@@ -162,23 +391,15 @@ def main(argv=None) -> int:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2, for mean ± sd (overrides --seed)")
     m.add_argument("--checkpoint", default=None, help="a trained DiffeoInvariantNet ({'model': state_dict}); else train")
-    m.add_argument("--epochs", type=int, default=60, help="training epochs when no checkpoint is given")
+    m.add_argument("--epochs", type=int, default=25, help="DiffeoInvariantNet epochs when training")
     m.add_argument("--views", type=int, default=2, help="query views per held-out cell")
     m.add_argument("--train-views", type=int, default=2, help="views per cell in contrastive training")
     m.add_argument("--no-unlabelled", dest="unlabelled", action="store_false",
                    help="train on the bank cells only, without label-free proposal crops of the train images")
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     m.add_argument("--json", default=None, help="write the result here")
-    args = parser.parse_args(argv)
-
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    result = summarise([run_matching(args, s) for s in seeds])
-    print_table(result)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+    m.add_argument("--work-dir", default=str(ROOT / "eval" / "work"), help="trained networks are cached here")
+    m.add_argument("--retrain", action="store_true", help="train even when the work dir has a trained network")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Stitching warped masks into one label map, and the files a user opens."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from bundle.annotate import CELL_COLUMNS, Annotation
+from bundle.outputs import write_outputs
+from bundle.stitch import stitch
+
+
+def disk(p=16, r=4.0, centre=(8, 8)):
+    yy, xx = np.mgrid[:p, :p]
+    return torch.from_numpy(((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r * r).astype(np.float32))[None]
+
+
+def test_the_most_confident_cell_is_placed_first_and_a_second_find_of_it_is_a_duplicate():
+    masks = torch.stack([disk(), disk(), disk()])
+    centres = np.array([[20, 20], [21, 20], [40, 40]])  # cells 0 and 1 are the same nucleus
+    out = stitch(masks, centres, (64, 64), confidence=torch.tensor([0.5, 0.9, 0.7]))
+    assert list(out.kept) == [1, 2]  # cell 1 is more confident than cell 0
+    assert out.duplicates == {0: 1}  # never counted twice, never lost silently
+    assert set(np.unique(out.labels)) == {0, 1, 2}
+
+
+def test_partly_overlapping_cells_both_stay_and_share_no_pixel():
+    masks = torch.stack([disk(r=5), disk(r=5)])
+    out = stitch(masks, np.array([[20, 20], [20, 27]]), (64, 64), confidence=torch.tensor([1.0, 0.9]))
+    assert len(out.kept) == 2 and out.duplicates == {}
+    assert (out.labels == 1).sum() > (out.labels == 2).sum() > 0
+
+
+def test_cells_at_the_border_are_clipped_and_empty_masks_are_reported():
+    masks = torch.stack([disk(), torch.zeros(1, 16, 16)])
+    out = stitch(masks, np.array([[0, 0], [30, 30]]), (40, 50), confidence=torch.tensor([1.0, 1.0]))
+    assert out.labels.shape == (40, 50)
+    assert 0 < (out.labels == 1).sum() < disk().sum()
+    assert out.empty == [1]
+
+
+def test_stitching_is_deterministic_under_ties():
+    masks = torch.stack([disk(), disk()])
+    a = stitch(masks, np.array([[20, 20], [20, 21]]), (64, 64), confidence=torch.ones(2))
+    b = stitch(masks, np.array([[20, 20], [20, 21]]), (64, 64), confidence=torch.ones(2))
+    assert np.array_equal(a.labels, b.labels) and list(a.kept) == [0]
+
+
+def annotation_of(labels):
+    ids = [int(i) for i in np.unique(labels) if i]
+    cells = {k: [] for k in CELL_COLUMNS}
+    for i in ids:
+        rows, cols = np.nonzero(labels == i)
+        for k, v in zip(CELL_COLUMNS, (i, rows.mean(), cols.mean(), len(rows), 30.0, 0.1, 3, 0.0)):
+            cells[k].append(v)
+    return Annotation(labels=labels, cells=cells, seconds={})
+
+
+def test_outputs_agree_with_the_label_map(tmp_path):
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 5:20] = 1
+    labels[25:35, 40:55] = 2
+    paths = write_outputs(annotation_of(labels), torch.rand(3, 40, 60), tmp_path, "img")
+    assert sorted(p.name for p in paths) == ["img.geojson", "img_cells.csv", "img_labels.tif", "img_overlay.png"]
+    written = tifffile.imread(tmp_path / "img_labels.tif")
+    assert written.dtype == np.uint16 and np.array_equal(written, labels)
+    geo = json.loads((tmp_path / "img.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2
+    feature = geo["features"][1]
+    assert feature["properties"]["classification"]["name"] == "Nucleus"
+    xs, ys = np.array(feature["geometry"]["coordinates"][0]).T
+    assert 39 <= xs.min() and xs.max() <= 55 and 24 <= ys.min() and ys.max() <= 35  # x = column, y = row
+    with open(tmp_path / "img_cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["id"]) for r in rows] == [1, 2]
+    assert [int(r["area"]) for r in rows] == [150, 150]
+
+
+def test_a_failing_writer_leaves_no_partial_outputs(tmp_path, monkeypatch):
+    import bundle.outputs as outputs
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "write_overlay", broken)
+    with pytest.raises(OSError):
+        write_outputs(annotation_of(np.ones((8, 8), np.int32)), torch.rand(3, 8, 8), tmp_path, "img")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_without_cells_gives_empty_outputs(tmp_path):
+    write_outputs(annotation_of(np.zeros((20, 20), np.int32)), torch.rand(3, 20, 20), tmp_path, "empty")
+    assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []
+    assert (tmp_path / "empty_cells.csv").read_text().strip() == ",".join(CELL_COLUMNS)
