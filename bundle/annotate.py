@@ -108,8 +108,10 @@ class ArchetypeInferer(Inferer):
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings (N, D) of patches (N, C, P, P), in batches."""
         self.invariant.eval()
+        if len(crops) == 0:  # an image without cells: an empty (0, D) embedding, D from one dummy pass
+            return self.invariant(torch.zeros(1, *crops.shape[1:], device=self.device))[:0]
         out = [self.invariant(crops[s : s + self.batch_size].to(self.device)) for s in range(0, len(crops), self.batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, 1, device=self.device)
+        return torch.cat(out)
 
     def bank_embeddings(self) -> torch.Tensor:
         if self._bank_embeddings is None:

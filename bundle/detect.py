@@ -1,8 +1,9 @@
 """detect: label-free nucleus proposals from the hematoxylin stain.
 
 Colour deconvolution (Ruifrok and Johnston, ``skimage.color.rgb2hed``) separates the hematoxylin stain, which binds
-nuclear DNA; a smoothed hematoxylin image has one bright bump per nucleus. Its local maxima above an Otsu threshold are
-the proposals. They use no annotation at all, so they can be cut from any image, train or test, without breaking the
+nuclear DNA. Its Otsu foreground is split into nuclei by a watershed on the distance transform, and the centroids of the
+pieces are the proposals (on MoNuSeg train tiles this beat smoothed-hematoxylin maxima, which fire several times in
+large nuclei). They use no annotation at all, so they can be cut from any image, train or test, without breaking the
 few-shot budget; the bank's knowledge is applied on top of them.
 """
 
@@ -10,9 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
+from skimage.measure import regionprops
+from skimage.morphology import disk, opening, remove_small_objects
+from skimage.segmentation import watershed
 
 
 def hematoxylin(image: torch.Tensor) -> np.ndarray:
@@ -24,22 +29,29 @@ def hematoxylin(image: torch.Tensor) -> np.ndarray:
     return np.clip((h - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 
 
-def nucleus_proposals(image: torch.Tensor, sigma: float = 2.5, min_distance: int = 6) -> np.ndarray:
-    """Proposal centres (N, 2) float32 as (row, col): local maxima of the smoothed hematoxylin above Otsu's threshold.
+def nucleus_proposals(image: torch.Tensor, min_distance: int = 8, min_size: int = 30) -> np.ndarray:
+    """Proposal centres (N, 2) float32 as (row, col): centroids of the watershed pieces of the stain's foreground.
 
-    ``sigma`` (px) suits nuclei 15-40 px across at 40x; ``min_distance`` keeps one proposal per small nucleus.
-    Single-channel (fluorescence) images are used as they are, bright nuclei on dark background.
+    Foreground: hematoxylin (lightly smoothed) above Otsu's threshold, opened by a 2 px disk, pieces under ``min_size``
+    pixels dropped. Markers: maxima of the distance transform at least ``min_distance`` px apart (nuclei at 40x are
+    15-40 px across). Single-channel (fluorescence) images are used as they are: bright nuclei on dark background.
     """
     stain = hematoxylin(image) if image.shape[0] == 3 else image[0].cpu().numpy().astype(np.float32)
-    smooth = gaussian(stain, sigma=sigma)
-    peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=threshold_otsu(smooth), exclude_border=False)
-    return peaks.astype(np.float32).reshape(-1, 2)
+    smooth = gaussian(stain, sigma=1.0)
+    foreground = remove_small_objects(opening(smooth > threshold_otsu(smooth), disk(2)), max_size=min_size)
+    pieces = ndimage.label(foreground)[0]
+    distance = ndimage.distance_transform_edt(foreground)
+    peaks = peak_local_max(gaussian(distance, 1.0), min_distance=min_distance, labels=pieces, exclude_border=False)
+    markers = np.zeros(foreground.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    nuclei = watershed(-distance, markers, mask=foreground)
+    return np.array([p.centroid for p in regionprops(nuclei)], dtype=np.float32).reshape(-1, 2)
 
 
-def log_blobs(image: torch.Tensor, min_sigma: float = 4.0, max_sigma: float = 12.0, threshold: float = 0.08) -> np.ndarray:
+def log_blobs(image: torch.Tensor, min_sigma: float = 3.0, max_sigma: float = 10.0, threshold: float = 0.15) -> np.ndarray:
     """The classical counting baseline: Laplacian-of-Gaussian blobs (N, 2) (row, col) on the hematoxylin channel.
 
-    Label-free; the defaults were set on MoNuSeg *train* tiles (nuclei 15-40 px across at 40x).
+    Label-free; the defaults were the best of a small grid (threshold 0.05 / 0.1 / 0.15) on the 13 MoNuSeg *train* tiles.
     """
     from skimage.feature import blob_log
 
