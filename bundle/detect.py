@@ -48,6 +48,18 @@ def nucleus_proposals(image: torch.Tensor, min_distance: int = 8, min_size: int 
     return np.array([p.centroid for p in regionprops(nuclei)], dtype=np.float32).reshape(-1, 2)
 
 
+def hematoxylin_maxima(image: torch.Tensor, sigma: float = 2.5, min_distance: int = 6) -> np.ndarray:
+    """Centres (N, 2) (row, col) of local maxima of the smoothed hematoxylin above Otsu's threshold.
+
+    Denser than ``nucleus_proposals`` (large nuclei get several): the right choice for cutting *unlabelled* training
+    crops, where more nucleus-centred views help and a duplicate does no harm.
+    """
+    stain = hematoxylin(image) if image.shape[0] == 3 else image[0].cpu().numpy().astype(np.float32)
+    smooth = gaussian(stain, sigma=sigma)
+    peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=threshold_otsu(smooth), exclude_border=False)
+    return peaks.astype(np.float32).reshape(-1, 2)
+
+
 def log_blobs(image: torch.Tensor, min_sigma: float = 3.0, max_sigma: float = 10.0, threshold: float = 0.15) -> np.ndarray:
     """The classical counting baseline: Laplacian-of-Gaussian blobs (N, 2) (row, col) on the hematoxylin channel.
 

@@ -25,7 +25,7 @@ from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
 from .data import list_dataset, read_image
-from .detect import nucleus_proposals
+from .detect import hematoxylin_maxima
 from .patches import CROP_SIZE, PATCH_SIZE, centre_crop, crop_patches
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class ContrastiveCells(torch.utils.data.Dataset):
     """The training instances of DiffeoInvariantNet: the bank's cells, plus optional *unlabelled* cells.
 
-    Unlabelled cells are crops centred on label-free hematoxylin proposals (``bundle.detect``) of a dataset folder's
+    Unlabelled cells are crops centred on label-free hematoxylin maxima (``bundle.detect``) of a dataset folder's
     ``split`` images; no annotation is read for them. They add instances for the contrastive task without adding
     ground truth, which is what keeps a 10 % bank from being memorised. ``max_per_image`` proposals are drawn per image
     with a fixed seed. Items: ``image`` (C, 96, 96) float in [0, 1] and ``cell``, the instance index.
@@ -58,12 +58,12 @@ class ContrastiveCells(torch.utils.data.Dataset):
 
 
 def proposal_crops(dataset_dir, split="train", organ=None, max_per_image: int = 300, seed: int = 0) -> torch.Tensor:
-    """uint8 crops (N, C, 96, 96) centred on hematoxylin proposals of the images (no annotation is read)."""
+    """uint8 crops (N, C, 96, 96) centred on hematoxylin maxima of the images (no annotation is read)."""
     rng = np.random.default_rng(seed)
     crops = []
     for sample in tqdm(list_dataset(dataset_dir, split=split, organ=organ), desc="unlabelled proposals", unit="image"):
         image = read_image(sample.image_path)
-        centres = nucleus_proposals(image)
+        centres = hematoxylin_maxima(image)
         if len(centres) > max_per_image:
             centres = centres[rng.choice(len(centres), max_per_image, replace=False)]
         crops.append((crop_patches(image, centres, CROP_SIZE).clamp(0, 1) * 255).round().to(torch.uint8))
