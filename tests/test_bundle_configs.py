@@ -42,3 +42,31 @@ def test_train_invariant_config_builds_its_trainer(tiny_dataset, tmp_path):
     trainer = config.get_parsed_content("train#trainer")
     assert trainer.state.max_epochs == 60
     assert isinstance(config.get_parsed_content("network"), torch.nn.Module)
+
+
+@pytest.mark.parametrize("train", ["train_invariant.yaml", "train_mapping.yaml"])
+def test_the_evaluate_overlay_runs_validation_on_given_weights(tiny_dataset, tmp_path, train):
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.bank import build_bank, save_bank
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / train)))
+    torch.save({"model": parser.get_parsed_content("network_def").state_dict()}, tmp_path / "weights.pt")
+    workflow = ConfigWorkflow(
+        config_file=[str(ROOT / "configs" / train), str(ROOT / "configs" / "evaluate.yaml")], workflow_type=None,
+        bundle_root=str(ROOT), bank_path=str(bank), ckpt_dir=str(tmp_path / "eval"), checkpoint=str(tmp_path / "weights.pt"),
+        device="$torch.device('cpu')")
+    workflow.initialize()
+    workflow.run()
+    metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
+    assert len(metrics) >= 1 and all(0.0 <= float(v) <= 1.0 for v in metrics.values())
+    assert (tmp_path / "eval" / "metrics.csv").is_file()
+
+
+def test_the_multi_gpu_overlay_merges_over_a_training_config():
+    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / "train_invariant.yaml")))
+    parser.read_config([str(ROOT / "configs" / "train_invariant.yaml"), str(ROOT / "configs" / "multi_gpu_train.yaml")])
+    assert parser["network"]["_target_"].endswith("DistributedDataParallel")
+    assert parser["train#dataloader#sampler"] == "@train#sampler"
+    assert parser["train#dataloader#dataset"] == "@train#dataset"  # the overlay changes keys, not the whole section
