@@ -70,3 +70,17 @@ def test_the_multi_gpu_overlay_merges_over_a_training_config():
     assert parser["network"]["_target_"].endswith("DistributedDataParallel")
     assert parser["train#dataloader#sampler"] == "@train#sampler"
     assert parser["train#dataloader#dataset"] == "@train#dataset"  # the overlay changes keys, not the whole section
+
+
+def test_network_def_passes_the_model_zoo_shape_check():
+    from monai.bundle import verify_net_in_out
+
+    # one tensor cat([archetype, cell]) in, one displacement field out, as metadata.json declares
+    verify_net_in_out(net_id="network_def", meta_file=str(ROOT / "configs" / "metadata.json"),
+                      config_file=str(ROOT / "configs" / "inference.yaml"), bundle_root=str(ROOT), device="cpu")
+
+
+def test_shipped_files_are_under_the_model_zoo_limit_and_load_weights_only():
+    for path in (ROOT / "models").iterdir():
+        assert path.stat().st_size < 25 * 1024 * 1024, path
+        torch.load(path, map_location="cpu", weights_only=True)
