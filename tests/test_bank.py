@@ -72,3 +72,27 @@ def test_empty_missing_or_foreign_bank_files_are_refused_by_name(tiny_dataset, t
     save_bank(empty, tmp_path / "empty.pt")
     with pytest.raises(DataError, match="empty"):
         load_bank(tmp_path / "empty.pt")
+
+
+def test_a_bank_can_be_built_from_qupath_geojson_annotations(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from conftest import synthetic_tile
+
+    rgb, labels = synthetic_tile(7)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "images" / "slide.png")
+    features = []
+    for i in range(1, labels.max() + 1):
+        rows, cols = np.nonzero(labels == i)
+        box = [[int(cols.min()), int(rows.min())], [int(cols.max()), int(rows.min())], [int(cols.max()), int(rows.max())],
+               [int(cols.min()), int(rows.max())], [int(cols.min()), int(rows.min())]]  # [x, y] as QuPath writes
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [box]},
+                         "properties": {"objectType": "annotation", "classification": {"name": "Nucleus"}}})
+    (tmp_path / "annotations" / "slide.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    bank = build_bank(tmp_path, fraction=1.0, seed=0, progress=False)
+    assert len(bank["images"]) == labels.max()  # no organs.csv: the one image counts as train
+    assert all(int(m.sum()) > 0 for m in bank["masks"])
