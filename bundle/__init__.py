@@ -10,4 +10,6 @@ The pipeline stages, in the order the method runs them, each in its own module:
     matching    nearest-archetype search and the matching metrics
 """
 
-from . import bank, data, losses, matching, networks, patches, training, transforms  # noqa: E402,F401  (configs use bundle.<stage>)
+from . import (  # noqa: E402,F401  (configs use bundle.<stage>)
+    annotate, bank, data, detect, losses, matching, metrics, networks, patches, register, stitch, training, transforms,
+)
