@@ -158,7 +158,16 @@ def run_matching(args, seed: int) -> dict:
     gallery = embed(network, cells["images"], device)
     queries = embed(network, query_views(cells, seed + 10_000, args.views, device), device)
     ids = torch.arange(len(gallery))
-    metrics = matching_metrics(queries, ids.repeat_interleave(args.views), gallery, ids)
+    query_ids = ids.repeat_interleave(args.views)
+    metrics = matching_metrics(queries, query_ids, gallery, ids)
+    if args.gallery_size:
+        # the same queries against random galleries of a given size (e.g. a bank's), averaged over 10 draws
+        rng, draws = np.random.default_rng(seed), []
+        for _ in range(10):
+            subset = torch.from_numpy(np.sort(rng.choice(len(gallery), args.gallery_size, replace=False)))
+            keep = torch.isin(query_ids, subset)
+            draws.append(matching_metrics(queries[keep], query_ids[keep], gallery[subset], subset))
+        metrics.update({f"{k}_gallery{args.gallery_size}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
     return {
         "organ": args.organ or "all",
         "seed": seed,
@@ -263,10 +272,11 @@ def print_rows(title: str, rows: dict) -> None:
         print(f"{name:<14}" + "".join(f"{c:>22}" for c in cells))
 
 
-def summarise(runs: list[dict], keys=("map", "top1", "top3", "train_seconds")) -> dict:
+def summarise(runs: list[dict]) -> dict:
     """One result, or mean and sd over seeds (sd with ddof=1) under ``<key>`` and ``<key>_sd``."""
     if len(runs) == 1:
         return runs[0]
+    keys = ["map", "top1", "top3", "train_seconds"] + [k for k in runs[0] if "_gallery" in k]
     out = {k: runs[0][k] for k in ("organ", "n_test", "n_queries")}
     out["seeds"] = [r["seed"] for r in runs]
     out["n_bank"] = float(np.mean([r["n_bank"] for r in runs]))
@@ -394,6 +404,8 @@ def add_common_flags(m) -> None:
     m.add_argument("--epochs", type=int, default=25, help="DiffeoInvariantNet epochs when training")
     m.add_argument("--views", type=int, default=2, help="query views per held-out cell")
     m.add_argument("--train-views", type=int, default=2, help="views per cell in contrastive training")
+    m.add_argument("--gallery-size", type=int, default=None,
+                   help="also report the metrics against random galleries of this many test cells")
     m.add_argument("--no-unlabelled", dest="unlabelled", action="store_false",
                    help="train on the bank cells only, without label-free proposal crops of the train images")
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
