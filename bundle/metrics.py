@@ -6,7 +6,9 @@ Per pair (all batched over pairs except the connected-component count):
 * ``neg_jac_pct``: % of pixels where the Jacobian determinant of the field is <= 0 (folding);
 * ``one_component``: the warped mask is one connected piece (8-connectivity);
 * ``dtheta_deg``: D_theta, the angle between the axis read from the warped orientation ramp and the ground-truth
-  mask's principal axis, in degrees [0, 90].
+  mask's principal axis, in degrees [0, 90]; only for elongated ground-truth cells (axis ratio >= ``MIN_ELONGATION``),
+  NaN for round ones, whose axis is noise (a random axis scores 45 on average);
+* ``elongated_pct``: the share of cells on which D_theta is defined.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .patches import angle_difference, orientation_from_ramp, principal_angle
+from .patches import angle_difference, elongation, orientation_from_ramp, principal_angle
+
+MIN_ELONGATION = 1.5
 from .transforms import jacobian_determinant
 
 
@@ -44,12 +48,15 @@ def registration_scores(masks: torch.Tensor, ramps: torch.Tensor, targets: torch
     dice, iou = dice_iou(masks, targets)
     folded = (jacobian_determinant(ddf) <= 0).float().mean(dim=(1, 2)) * 100 if ddf is not None else torch.zeros(len(masks))
     dtheta = angle_difference(orientation_from_ramp(ramps, masks), principal_angle(targets.float()))
+    elongated = elongation(targets) >= MIN_ELONGATION
+    dtheta = torch.where(elongated, dtheta, torch.full_like(dtheta, float("nan")))
     return {
         "dice": dice.cpu().numpy(),
         "iou": iou.cpu().numpy(),
         "neg_jac_pct": folded.cpu().numpy(),
         "one_component_pct": 100.0 * (n_components(masks) == 1),
         "dtheta_deg": dtheta.cpu().numpy(),
+        "elongated_pct": 100.0 * elongated.float().cpu().numpy(),
     }
 
 

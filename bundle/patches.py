@@ -108,6 +108,14 @@ def principal_angle(masks: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(theta) % 180.0
 
 
+def elongation(masks: torch.Tensor) -> torch.Tensor:
+    """Axis ratio (N,) >= 1 of each mask (N, 1, H, W): sqrt of the ratio of its second-moment eigenvalues. A round
+    nucleus (ratio near 1) has no meaningful orientation."""
+    _, _, cxx, cyy, cxy = _weighted_moments((masks > 0.5).float())
+    half_trace, root = (cxx + cyy) / 2, torch.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
+    return torch.sqrt((half_trace + root) / (half_trace - root).clamp_min(1e-6))
+
+
 def orientation_ramp(masks: torch.Tensor) -> torch.Tensor:
     """The orientation label (N, 1, H, W) float32 of masks (N, 1, H, W): a ramp along the major axis, in [-1, 1] inside
     the mask, 0 outside."""

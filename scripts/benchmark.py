@@ -126,13 +126,14 @@ def trained(args, seed: int, which: str, bank_path: Path) -> tuple[torch.nn.Modu
     device = torch.device(args.device)
     config = TRAIN_INVARIANT if which == "invariant" else TRAIN_MAPPING
     given = args.checkpoint if which == "invariant" else getattr(args, "mapping_checkpoint", None)
+    arch = {"backbone": args.backbone} if which == "mapping" else {}
     if given:
-        return load_network(config, Path(given), device), 0.0
+        return load_network(config, Path(given), device, arch), 0.0
     cache = work_dir(args, seed) / f"{which}.pt"
     if cache.is_file() and not args.retrain:
         state = torch.load(cache, map_location="cpu", weights_only=True)
         print(f"reusing {cache}")
-        return load_network(config, cache, device), float(state.get("train_seconds", 0.0))
+        return load_network(config, cache, device, arch), float(state.get("train_seconds", 0.0))
     overrides = {"device": f"$torch.device('{args.device}')"}
     if which == "invariant":
         overrides.update({"train#trainer#max_epochs": args.epochs, "n_views": args.train_views})
@@ -190,7 +191,7 @@ def score_rows(fields: dict, moving: dict, targets: torch.Tensor, seconds: dict,
             mask = warp_labels(mask, ddf, "mask")
             ramp = warp_labels(ramp, ddf, "continuous") * mask
         scores = registration_scores(mask, ramp, targets, ddf)
-        rows[name] = {key: float(np.mean(v)) for key, v in scores.items()}
+        rows[name] = {key: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for key, v in scores.items()}
         rows[name]["ms_per_pair"] = 1000.0 * seconds.get(name, 0.0) / max(n, 1)
     return rows
 
@@ -264,7 +265,7 @@ def summarise_rows(runs: list[dict]) -> dict:
 
 
 def print_rows(title: str, rows: dict) -> None:
-    keys = ("dice", "iou", "neg_jac_pct", "one_component_pct", "dtheta_deg", "ms_per_pair")
+    keys = ("dice", "iou", "neg_jac_pct", "one_component_pct", "dtheta_deg", "elongated_pct", "ms_per_pair")
     print(f"\n{title}")
     print(f"{'row':<14}" + "".join(f"{k:>22}" for k in keys))
     for name, row in rows.items():

@@ -42,8 +42,9 @@ def matching_section(files) -> list[str]:
 
 
 def rows_table(rows: dict) -> list[str]:
-    keys = ("dice", "iou", "neg_jac_pct", "one_component_pct", "dtheta_deg", "ms_per_pair")
-    lines = ["| row | Dice | IoU | % folded px | % one component | D_θ (deg) | ms / pair |", "|---|---|---|---|---|---|---|"]
+    keys = ("dice", "iou", "neg_jac_pct", "one_component_pct", "dtheta_deg", "elongated_pct", "ms_per_pair")
+    lines = ["| row | Dice | IoU | % folded px | % one component | D_θ (deg, elongated cells) | % elongated | ms / pair |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(pm(row, k, 1 if k == 'ms_per_pair' else 3) for k in keys) + " |")
     return lines

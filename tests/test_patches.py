@@ -83,3 +83,10 @@ def test_cell_masks_hold_only_the_centre_cell_even_at_the_border():
 def test_centre_crop_takes_the_middle():
     x = torch.arange(96 * 96).view(1, 96, 96)
     assert torch.equal(centre_crop(x, 64), x[:, 16:80, 16:80])
+
+
+def test_elongation_tells_round_from_elongated_nuclei():
+    from bundle.patches import elongation
+
+    assert float(elongation(ellipse_mask(r_major=14, r_minor=6))) == pytest.approx(14 / 6, rel=0.1)
+    assert float(elongation(ellipse_mask(r_major=9, r_minor=9))) < 1.1
