@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
+
+from .transforms import warp
 
 
 class MultiViewNTXentLoss(nn.Module):
@@ -77,8 +80,6 @@ class RegistrationLoss(nn.Module):
     def __init__(self, similarity: str = "lncc", cycle_weight: float = 0.5, smooth_weight: float = 1.0,
                  label_weight: float = 1.0, kernel_size: int = 9):
         super().__init__()
-        from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
-
         if similarity == "lncc":
             self.similarity = LocalNormalizedCrossCorrelationLoss(spatial_dims=2, kernel_size=kernel_size)
         elif similarity == "mse":
@@ -90,8 +91,6 @@ class RegistrationLoss(nn.Module):
         self.cycle_weight, self.smooth_weight, self.label_weight = cycle_weight, smooth_weight, label_weight
 
     def forward(self, preds, targets: torch.Tensor) -> torch.Tensor:
-        from .transforms import warp
-
         phi, phi_inv = preds
         c = (targets.shape[1] - 2) // 2
         moving, fixed = targets[:, :c], targets[:, c : 2 * c]

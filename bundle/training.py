@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .data import list_dataset, read_image
 from .detect import hematoxylin_maxima
 from .patches import CROP_SIZE, PATCH_SIZE, centre_crop, crop_patches
+from .register import dihedral, dihedral_align, warp_labels
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ class RegistrationPairs:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
-        from .register import dihedral, dihedral_align
-
         images = batchdata["image"].to(device, non_blocking=non_blocking)
         masks = batchdata["mask"].to(device, non_blocking=non_blocking)
         b = len(images)
@@ -160,8 +159,6 @@ class FieldsInferer(Inferer):
 
 def warped_mask_and_target(output) -> tuple[torch.Tensor, torch.Tensor]:
     """(warped moving mask, fixed mask), each (B, 1, P, P), from a registration evaluator's output, for MeanDice."""
-    from .register import warp_labels
-
     phi, targets = output["pred"], output["label"]
     c = (targets.shape[1] - 2) // 2
     return warp_labels(targets[:, 2 * c : 2 * c + 1], phi, "mask"), targets[:, 2 * c + 1 :]
