@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import approximate_polygon, find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
 from .annotate import CELL_COLUMNS, Annotation
@@ -56,16 +56,18 @@ def write_label_tiff(labels: np.ndarray, path) -> None:
 
 
 def cell_polygons(labels: np.ndarray) -> dict[int, list[list[float]]]:
-    """Outer contour of every label as a closed [x, y] ring (x = column, y = row, pixel centres), by label."""
+    """Outer contour of every label as a closed [x, y] ring (x = column, y = row, pixel centres), by label.
+
+    Each cell is traced inside its own bounding box (``regionprops``), so the cost follows the cells' area, not
+    cells x image size.
+    """
     polygons = {}
-    for label in np.unique(labels[labels > 0]):
-        rows, cols = np.nonzero(labels == label)
-        r0, c0 = rows.min() - 1, cols.min() - 1
-        crop = np.pad(labels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] == label, 1)
-        contours = find_contours(crop.astype(np.float32), 0.5)
+    for region in regionprops(labels):
+        r0, c0 = region.bbox[0] - 1, region.bbox[1] - 1
+        contours = find_contours(np.pad(region.image, 1).astype(np.float32), 0.5)
         ring = max(contours, key=len)  # the outer boundary; a stitched cell is one piece, but be safe
         ring = approximate_polygon(ring, tolerance=0.5)  # sub-pixel detail only bloats the file
-        polygons[int(label)] = [[float(c + c0), float(r + r0)] for r, c in ring]
+        polygons[int(region.label)] = [[float(c + c0), float(r + r0)] for r, c in ring]
     return polygons
 
 
