@@ -2,8 +2,9 @@
 
     detect -> match -> register -> warp -> stitch
 
-1. **detect** (``bundle.detect``): label-free hematoxylin proposals; a proposal is kept when its nearest archetype is at
-   least ``min_similarity`` alike (the bank's check). Two proposals on one nucleus are merged at stitching.
+1. **detect** (``bundle.detect``): label-free hematoxylin proposals (Otsu foreground split by a watershed). A proposal
+   whose nearest archetype is less than ``min_similarity`` alike is dropped; the default 0 keeps all, as no threshold
+   has yet been calibrated on a bank. Two proposals on one nucleus are merged at stitching.
 2. **match** (``bundle.matching``): every proposal to its nearest archetype, one matrix product.
 3. **register** (``bundle.register``): dihedral pre-alignment, then DiffeoMappingNet, batched over all cells.
 4. **warp**: the archetype's mask and orientation ramp go through the same field (MONAI ``Warp``).
@@ -191,6 +192,7 @@ def run_folder(dataset_dir, output_dir, inferer: ArchetypeInferer, network: torc
     from .outputs import write_outputs
 
     samples = list_dataset(dataset_dir)
+    inferer.setup()  # a bad bank or encoder file is reported as itself, before any image is read
     output_dir = Path(output_dir)
     summaries = []
     for sample in tqdm(samples, desc="annotating", unit="image"):
