@@ -58,14 +58,3 @@ def hematoxylin_maxima(image: torch.Tensor, sigma: float = 2.5, min_distance: in
     smooth = gaussian(stain, sigma=sigma)
     peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=threshold_otsu(smooth), exclude_border=False)
     return peaks.astype(np.float32).reshape(-1, 2)
-
-
-def log_blobs(image: torch.Tensor, min_sigma: float = 3.0, max_sigma: float = 10.0, threshold: float = 0.15) -> np.ndarray:
-    """The classical counting baseline: Laplacian-of-Gaussian blobs (N, 2) (row, col) on the hematoxylin channel.
-
-    Label-free; the defaults were the best of a small grid (threshold 0.05 / 0.1 / 0.15) on the 13 MoNuSeg *train* tiles.
-    """
-    from skimage.feature import blob_log
-
-    blobs = blob_log(hematoxylin(image), min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=5, threshold=threshold)
-    return blobs[:, :2].astype(np.float32).reshape(-1, 2)

@@ -19,8 +19,9 @@ from scipy import ndimage
 
 from .patches import angle_difference, elongation, orientation_from_ramp, principal_angle
 
-MIN_ELONGATION = 1.5
 from .transforms import jacobian_determinant
+
+MIN_ELONGATION = 1.5
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from monai.bundle import ConfigParser, ConfigWorkflow  # noqa: E402
 
-from bundle import baselines, synthetic  # noqa: E402
+from bundle import synthetic  # noqa: E402
+from bundle.baselines import registration as baselines  # noqa: E402
 from bundle.bank import build_bank, concatenate, extract_cells, save_bank, take  # noqa: E402
 from bundle.data import list_dataset, load_sample  # noqa: E402
 from bundle.matching import matching_metrics, nearest_archetype  # noqa: E402
@@ -351,7 +352,7 @@ def main(argv=None) -> int:
 def run_annotate(args) -> dict:
     """Counting on the test tiles with the shipped models (or given ones): ours, and the label-free LoG baseline."""
     from bundle.annotate import ArchetypeInferer, load_weights
-    from bundle.detect import log_blobs
+    from bundle.baselines.segmentation import log_blobs
     from bundle.metrics import counting_scores
     from bundle.patches import cell_centroids
 

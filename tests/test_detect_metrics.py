@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.detect import hematoxylin, log_blobs, nucleus_proposals
+from bundle.baselines.segmentation import log_blobs
+from bundle.detect import hematoxylin, nucleus_proposals
 from bundle.metrics import counting_scores, dice_iou, n_components, registration_scores
 from bundle.patches import cell_centroids, orientation_ramp
 from conftest import synthetic_tile

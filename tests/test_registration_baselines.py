@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from bundle import baselines
-from bundle.baselines import ants_available, ants_register, demons_register
+from bundle.baselines import registration as baselines
+from bundle.baselines.registration import ants_available, ants_register, demons_register
 from bundle.transforms import warp
 
 H, W = 40, 64  # non-square on purpose: a row/col swap or a transposed array cannot pass
