@@ -2,7 +2,8 @@
 
     detect -> match -> register -> warp -> stitch
 
-1. **detect** (``bundle.detect``): label-free hematoxylin proposals (Otsu foreground split by a watershed). A proposal
+1. **detect** (``bundle.detect``): hematoxylin proposals (Otsu foreground split by a watershed), with the parameters
+   calibrated on the bank's own cells (stored in the bank). A proposal
    whose nearest archetype is less than ``min_similarity`` alike is dropped; the default 0 keeps all, as no threshold
    has yet been calibrated on a bank. Two proposals on one nucleus are merged at stitching.
 2. **match** (``bundle.matching``): every proposal to its nearest archetype, one matrix product.
@@ -100,6 +101,8 @@ class ArchetypeInferer(Inferer):
         masks = centre_crop(bank["masks"].float(), PATCH_SIZE)
         self.archetypes = {"image": centre_crop(bank["images"].float() / 255.0, PATCH_SIZE), "mask": masks,
                            "ramp": orientation_ramp(masks)}
+        # calibrated on this bank's cells when it was built (``detect.calibrate_proposals``); older banks: defaults
+        self.proposal_params = bank.get("meta", {}).get("proposals")
 
     @property
     def device(self) -> torch.device:
@@ -119,8 +122,12 @@ class ArchetypeInferer(Inferer):
             self._bank_embeddings = self.embed(self.archetypes["image"])
         return self._bank_embeddings
 
-    def annotate(self, image: torch.Tensor, network: torch.nn.Module) -> Annotation:
-        """Annotate one image (C, H, W) in [0, 1]."""
+    def annotate(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None) -> Annotation:
+        """Annotate one image (C, H, W) in [0, 1].
+
+        ``centres`` (N, 2) (row, col) replaces detection, e.g. by ground-truth centroids: the benchmark's upper bound
+        that isolates detection errors, or points a user clicked.
+        """
         self.setup()
         if image.ndim != 3:
             raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
@@ -131,7 +138,7 @@ class ArchetypeInferer(Inferer):
             raise DataError(f"image has {c} channels but the bank's archetypes have {self.archetypes['image'].shape[1]}")
         seconds = {}
         t = time.perf_counter()
-        centres = nucleus_proposals(image)
+        centres = nucleus_proposals(image, self.proposal_params) if centres is None else np.asarray(centres, np.float32).reshape(-1, 2)
         crops = crop_patches(image, centres, PATCH_SIZE)
         seconds["detect"] = time.perf_counter() - t
 

@@ -13,7 +13,8 @@ key                type, shape                 meaning
 ``cell_ids``       int64 (N,)                  the cell's instance id in its source label map
 ``image_ids``      list[str] (N)               source image of each cell
 ``organs``         list[str] (N)               organ of the source image ("" when unknown)
-``meta``           dict                        fraction, seed, crop size, candidate counts, source folder
+``meta``           dict                        fraction, seed, crop size, candidate counts, source folder, and
+                                               ``proposals``: the detector parameters calibrated on the bank
 =================  ==========================  ==================================================================
 
 The orientation ramp (a pixel label) is not stored: ``patches.orientation_ramp(masks)`` recomputes it exactly, and leaving
@@ -30,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, list_dataset, load_sample
+from .detect import calibrate_proposals
 from .patches import CROP_SIZE, cell_centroids, crop_cell_masks, crop_patches, principal_angle
 
 BANK_KEYS = ("images", "masks", "orientation", "centroids", "cell_ids", "image_ids", "organs", "meta")
@@ -74,7 +76,8 @@ def build_bank(
     crop_size: int = CROP_SIZE,
     progress: bool = True,
 ) -> dict:
-    """Draw the bank from the ``split`` images of a dataset folder (see ``data.list_dataset``)."""
+    """Draw the bank from the ``split`` images of a dataset folder (see ``data.list_dataset``), and calibrate the
+    detector's stain proposals on the drawn cells (``detect.calibrate_proposals``; stored in ``meta["proposals"]``)."""
     samples = list_dataset(dataset_dir, split=split, organ=organ)
     per_image = []
     for sample in tqdm(samples, desc="reading cells", disable=not progress, unit="image"):
@@ -101,6 +104,9 @@ def build_bank(
         "n_images": len(samples),
         "source": Path(dataset_dir).name,
     }
+    calibration = calibrate_proposals(bank, dataset_dir, progress=progress)
+    bank["meta"]["proposals"] = calibration["params"]
+    bank["meta"]["proposals_found"] = calibration["found"]
     return bank
 
 

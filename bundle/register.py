@@ -24,12 +24,17 @@ __all__ = [
     "dihedral_inverse",
     "mutual_information",
     "normalized_cross_correlation",
+    "centre_window",
     "dihedral_align",
     "warp_labels",
     "register",
 ]
 
 DIHEDRAL = 8  # the 8 flips / 90-degree rotations of a square (the dihedral group D4)
+# sigma (px) of the centred Gaussian weight of the dihedral choice. Unweighted, the neighbours that fill a 64 px patch
+# decide the choice: on 300 Kidney test cells, the aligned archetype's axis was 41.5 deg from the cell's (a random axis
+# is 45); with this window 30.1 (the best of the 8 is 12.3).
+CENTRE_SIGMA = 8.0
 
 _METRICS = ("mi", "ncc")
 
@@ -133,15 +138,21 @@ def normalized_cross_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.T
     return cov / (mean(da * da) * mean(db * db)).sqrt().clamp_min(1e-12)
 
 
+def centre_window(size: int, sigma: float = CENTRE_SIGMA, device=None) -> torch.Tensor:
+    """A centred Gaussian weight (P, P), maximum 1. Radial and centred, so the dihedral group leaves it unchanged."""
+    r = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    return torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+
+
 def dihedral_align(
-    archetypes: torch.Tensor, cells: torch.Tensor, metric: str = "mi", mask: torch.Tensor | None = None
+    archetypes: torch.Tensor, cells: torch.Tensor, metric: str = "mi", sigma: float | None = CENTRE_SIGMA
 ) -> torch.Tensor:
     """The dihedral element k (B,) int64 for which ``dihedral(archetypes, k)`` looks most like ``cells``.
 
     archetypes, cells (B, C, P, P) images in [0, 1], compared in grey (channel mean). metric: "mi" (mutual
-    information, robust to stain differences) or "ncc". mask: optional pixel weights (P, P) for the metric, e.g. a
-    centred window so that the cell rather than its neighbours decides; it is symmetric under the group if it is
-    centred and radial. All 8 * B comparisons are one batched metric call. Ties go to the smaller k (k = 0 first).
+    information, robust to stain differences; the paper found it better) or "ncc". Pixels are weighted by a centred
+    Gaussian of ``sigma`` px (``centre_window``) so that the cell rather than its neighbours decides; None weighs all
+    pixels alike. All 8 * B comparisons are one batched metric call. Ties go to the smaller k (k = 0 first).
     """
     if metric not in _METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {_METRICS}")
@@ -156,7 +167,8 @@ def dihedral_align(
     cand = cand.reshape(b * DIHEDRAL, h, w)
     target = grey_c[:, None].expand(b, DIHEDRAL, h, w).reshape(b * DIHEDRAL, h, w)
     score_fn = mutual_information if metric == "mi" else normalized_cross_correlation
-    scores = score_fn(cand, target, mask=mask).view(b, DIHEDRAL)
+    window = None if sigma is None else centre_window(h, sigma, archetypes.device)
+    scores = score_fn(cand, target, mask=window).view(b, DIHEDRAL)
     return scores.argmax(dim=1)
 
 

@@ -299,99 +299,79 @@ def print_table(result: dict) -> None:
     print(f"{fmt('map'):>18} {fmt('top1'):>18} {fmt('top3'):>18} {result['train_seconds']:>12.0f}")
 
 
+def run_annotate(args) -> dict:
+    """The whole-image benchmark (``scripts/whole_image.py``) for every seed, summarised over seeds and tiles."""
+    import whole_image
+
+    runs = []
+    for seed in seeds_of(args):
+        bank, bank_path = bank_for(args, seed)
+        networks = {}
+        if args.retrain:  # networks trained on this seed's bank, kept in the work dir
+            for which in ("invariant", "mapping"):
+                trained(args, seed, which, bank_path)
+                networks[which] = work_dir(args, seed) / f"{which}.pt"
+        runs.append(whole_image.run_seed(args, seed, bank, bank_path, networks))
+    result = whole_image.summarise(args, runs)
+    whole_image.print_summary(result)
+    return result
+
+
+def seeds_of(args) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+
+
+def write_json(result: dict, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("matching", help="DiffeoInvariantNet matching table (paper Table I)")
     r = sub.add_parser("registration", help="DiffeoMappingNet registration table and the synthetic-shape check")
-    for p in (m, r):
+    a = sub.add_parser("annotate", help="whole test images, ours and baselines: counting, segmentation, orientation")
+    every = sub.add_parser("all", help="matching, registration and annotate for one organ; JSON and reports")
+    for p in (m, r, a, every):
         add_common_flags(p)
-    r.add_argument("--mapping-checkpoint", default=None, help="a trained DiffeoMappingNet; else train")
-    r.add_argument("--mapping-epochs", type=int, default=100, help="DiffeoMappingNet epochs when training")
-    r.add_argument("--backbone", default="voxelmorph", choices=["voxelmorph", "localnet"])
-    r.add_argument("--similarity", default="lncc", choices=["lncc", "mse"])
-    r.add_argument("--label-weight", type=float, default=1.0, help="weight of the Dice label term (0: ablation)")
-    r.add_argument("--max-pairs", type=int, default=300, help="test cells per seed (demons is ~0.2 s a pair)")
-    r.add_argument("--synthetic-pairs", type=int, default=200)
-    a = sub.add_parser("annotate", help="whole-image annotation of the test tiles: counting and time per stage")
-    a.add_argument("--test-dir", required=True)
-    a.add_argument("--organ", default=None)
-    a.add_argument("--bank", default=None, help="bank file (default models/bank.pt)")
-    a.add_argument("--checkpoint", default=None, help="DiffeoInvariantNet (default models/invariant.pt)")
-    a.add_argument("--mapping-checkpoint", default=None, help="DiffeoMappingNet (default models/model.pt)")
-    a.add_argument("--min-similarity", type=float, default=0.0)
-    a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a.add_argument("--json", default=None)
+    for p in (r, a, every):
+        p.add_argument("--mapping-checkpoint", default=None, help="a trained DiffeoMappingNet; else train")
+        p.add_argument("--mapping-epochs", type=int, default=100, help="DiffeoMappingNet epochs when training")
+        p.add_argument("--backbone", default="voxelmorph", choices=["voxelmorph", "localnet"])
+        p.add_argument("--similarity", default="lncc", choices=["lncc", "mse"])
+        p.add_argument("--label-weight", type=float, default=1.0, help="weight of the Dice label term (0: ablation)")
+    for p in (r, every):
+        p.add_argument("--max-pairs", type=int, default=300, help="test cells per seed (demons is ~0.2 s a pair)")
+        p.add_argument("--synthetic-pairs", type=int, default=200)
+    for p in (a, every):
+        p.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")
+    every.add_argument("--out-dir", default=str(ROOT / "eval"), help="JSON per benchmark and organ, and report.md")
     args = parser.parse_args(argv)
 
+    if args.command == "all":
+        organ = (args.organ or "all").lower()
+        out = Path(args.out_dir)
+        for name, run in (("matching", lambda: summarise([run_matching(args, s) for s in seeds_of(args)])),
+                          ("registration", lambda: summarise_rows([run_registration(args, s) for s in seeds_of(args)])),
+                          ("annotate", lambda: run_annotate(args))):
+            write_json(run(), out / f"{name}_{organ}.json")
+        import make_results
+
+        return make_results.main([str(out)])
     if args.command == "annotate":
         result = run_annotate(args)
-        c = result["counting"]
-        print(f"\ncounting F1 {c['f1']['mean']:.3f} ± {c['f1']['sd']:.3f} (P {c['precision']['mean']:.3f}, "
-              f"R {c['recall']['mean']:.3f}); LoG F1 {result['baselines']['blob_log']['counting']['f1']['mean']:.3f}; "
-              f"{result['seconds_per_tile']:.2f} s per tile {result['stage_seconds']}")
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2))
-        return 0
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    if args.command == "matching":
-        result = summarise([run_matching(args, s) for s in seeds])
+    elif args.command == "matching":
+        result = summarise([run_matching(args, s) for s in seeds_of(args)])
         print_table(result)
     else:
-        result = summarise_rows([run_registration(args, s) for s in seeds])
+        result = summarise_rows([run_registration(args, s) for s in seeds_of(args)])
         print_rows(f"registration, organ {result['organ']}: {result['pairs']} test cells per seed", result["rows"])
         print_rows(f"synthetic shapes: {result['synthetic']['pairs']} pairs per seed", result["synthetic"]["rows"])
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        write_json(result, args.json)
     return 0
-
-
-def run_annotate(args) -> dict:
-    """Counting on the test tiles with the shipped models (or given ones): ours, and the label-free LoG baseline."""
-    from bundle.annotate import ArchetypeInferer, load_weights
-    from bundle.baselines.segmentation import log_blobs
-    from bundle.metrics import counting_scores
-    from bundle.patches import cell_centroids
-
-    device = torch.device(args.device)
-    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / "inference.yaml")))
-    parser.update({"bundle_root": str(ROOT), "device": f"$torch.device('{args.device}')"})
-    network = load_weights(parser.get_parsed_content("network_def"), args.mapping_checkpoint or ROOT / "models" / "model.pt")
-    invariant = load_weights(parser.get_parsed_content("invariant_def"), args.checkpoint or ROOT / "models" / "invariant.pt")
-    inferer = ArchetypeInferer(args.bank or ROOT / "models" / "bank.pt", invariant.to(device),
-                               min_similarity=args.min_similarity, batch_size=512)
-    network = network.to(device)
-    tiles = []
-    for sample in tqdm(list_dataset(args.test_dir, split="test", organ=args.organ), desc="annotating", unit="tile"):
-        image, labels = load_sample(sample)
-        _, truth = cell_centroids(labels)
-        start = time.perf_counter()
-        annotation = inferer.annotate(image, network)
-        seconds = time.perf_counter() - start
-        ours = np.stack([annotation.cells["centroid_row"], annotation.cells["centroid_col"]], 1) if annotation.cells["id"] else np.zeros((0, 2))
-        start = time.perf_counter()
-        blobs = log_blobs(image)
-        blob_seconds = time.perf_counter() - start
-        tiles.append({"image_id": sample.image_id, "n_truth": len(truth), "n_ours": len(ours),
-                      "n_proposals": annotation.n_proposals, "n_duplicates": annotation.n_duplicates,
-                      "ours": counting_scores(ours, truth), "blob_log": counting_scores(blobs, truth),
-                      "seconds": round(seconds, 2), "stages": {k: round(v, 3) for k, v in annotation.seconds.items()},
-                      "blob_seconds": round(blob_seconds, 2)})
-        print(f"{sample.image_id}: truth {len(truth)}, ours {len(ours)} F1 {tiles[-1]['ours']['f1']:.3f}, "
-              f"LoG {len(blobs)} F1 {tiles[-1]['blob_log']['f1']:.3f}, {seconds:.1f} s")
-
-    def mean_sd(key, sub):
-        values = np.array([t[key][sub] for t in tiles])
-        return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-
-    return {"organ": args.organ or "all", "tiles": tiles,
-            "counting": {k: mean_sd("ours", k) for k in ("precision", "recall", "f1")},
-            "baselines": {"blob_log": {"counting": {k: mean_sd("blob_log", k) for k in ("precision", "recall", "f1")}}},
-            "seconds_per_tile": float(np.mean([t["seconds"] for t in tiles])),
-            "stage_seconds": {k: float(np.mean([t["stages"][k] for t in tiles])) for k in tiles[0]["stages"]}}
 
 
 def add_common_flags(m) -> None:

@@ -103,6 +103,22 @@ def test_dihedral_align_recovers_known_k(metric):
     assert torch.equal(dihedral_align(arch, cells, metric), k)
 
 
+def test_dihedral_align_follows_the_centre_cell_not_its_neighbours():
+    """A horizontal nucleus with a large dark neighbour in one corner; the cell is the same nucleus turned upright,
+    beside the same neighbour. Weighting all pixels alike, the neighbour decides (k = 0); the centred window turns the
+    nucleus."""
+    yy, xx = torch.meshgrid(torch.arange(64.0) - 31.5, torch.arange(64.0) - 31.5, indexing="ij")
+    background = torch.full((64, 64), 0.9)
+    background[:18, 30:] = 0.2  # the neighbour: larger than the nucleus, off-centre, moved by every k but 0
+    horizontal = torch.where((xx / 12) ** 2 + (yy / 5) ** 2 <= 1, torch.tensor(0.3), background)
+    upright = torch.where((xx / 5) ** 2 + (yy / 12) ** 2 <= 1, torch.tensor(0.3), background)
+    arch, cell = horizontal.expand(1, 3, 64, 64), upright.expand(1, 3, 64, 64)
+    assert int(dihedral_align(arch, cell, "mi", sigma=None)) == 0
+    k = dihedral_align(arch, cell, "mi")
+    turned = dihedral(arch, k)[0, 0]
+    assert (turned[24:40, 30:34] < 0.5).all()  # the nucleus now lies along the rows, as in the cell
+
+
 def test_dihedral_align_rejects_unknown_metric():
     x = textured(1)
     with pytest.raises(ValueError, match="mi"):
