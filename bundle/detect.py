@@ -1,10 +1,10 @@
-"""detect: label-free nucleus proposals from the hematoxylin stain.
+"""detect: nucleus proposals from the hematoxylin stain, calibrated on the bank.
 
 Colour deconvolution (Ruifrok and Johnston, ``skimage.color.rgb2hed``) separates the hematoxylin stain, which binds
 nuclear DNA. Its Otsu foreground is split into nuclei by a watershed on the distance transform, and the centroids of the
 pieces are the proposals (on MoNuSeg train tiles this beat smoothed-hematoxylin maxima, which fire several times in
-large nuclei). They use no annotation at all, so they can be cut from any image, train or test, without breaking the
-few-shot budget; the bank's knowledge is applied on top of them.
+large nuclei). At run time they read no annotation, so they can be cut from any image, train or test; their three
+parameters are chosen once, on the bank's own cells, when the bank is built (``calibrate_proposals``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/monuseg}
 mkdir -p eval
+# the label-free baselines' defaults (bundle/baselines/segmentation.py) come from this grid on the train tiles (~6 min)
+python scripts/tune_baselines.py --data "$DATA" --organs Kidney,Lung
 for organ in Kidney Lung; do
   o=$(echo "$organ" | tr '[:upper:]' '[:lower:]')
   # whole images with the shipped models: ours, ours from ground-truth centroids, LoG, Otsu + watershed, U-Net
