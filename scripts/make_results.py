@@ -125,7 +125,7 @@ def annotate_section(files) -> list[str]:
                   + ", ".join(f"{k} {v}" for k, v in r["n_truth_per_tile"].items()) + ".", "",
                   "| method | found / tile | count P | count R | count F1 | paper-rule F1 | "
                   + " | ".join(label for _, label in SEGMENTATION) + " | D_θ (deg) | s / tile |",
-                  "|---" * (7 + len(SEGMENTATION)) + "|"]
+                  "|---" * (8 + len(SEGMENTATION)) + "|"]
         for name in METHODS:
             b = method_block(r, name)
             seg = " | ".join(pm(b["segmentation"], k) if "segmentation" in b else "–" for k, _ in SEGMENTATION)
