@@ -9,6 +9,8 @@ parameters are chosen once, on the bank's own cells, when the bank is built (``c
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -18,6 +20,10 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.measure import regionprops
 from skimage.morphology import disk, opening, remove_small_objects
 from skimage.segmentation import watershed
+from tqdm.auto import tqdm
+
+from .data import list_dataset, load_sample
+from .patches import crop_patches
 
 
 def hematoxylin(image: torch.Tensor) -> np.ndarray:
@@ -116,13 +122,6 @@ def calibrate_proposals(bank: dict, dataset_dir, progress: bool = True) -> dict:
     matching rule). The point that finds the most bank cells wins; ties go to the earlier point.
     Returns {"params": ..., "found": share of bank cells found, "grid": [(params, share), ...]}.
     """
-    import itertools
-
-    from tqdm.auto import tqdm
-
-    from .data import list_dataset, load_sample
-    from .patches import crop_patches
-
     min_size = int(np.percentile(bank["masks"].flatten(1).sum(1).numpy(), MIN_SIZE_PERCENTILE))
     points = [{"min_size": min_size, **dict(zip(PROPOSAL_GRID, values))}
               for values in itertools.product(*PROPOSAL_GRID.values())]
@@ -139,19 +138,26 @@ def calibrate_proposals(bank: dict, dataset_dir, progress: bool = True) -> dict:
         for p, point in enumerate(points):
             pieces = torch.from_numpy(nucleus_pieces(stain, **point))[None]
             crops = crop_patches(pieces, bank["centroids"][cells], masks.shape[-1]).long()  # (n, 1, S, S)
-            for crop, mask in zip(crops, masks):
-                ids, overlap = torch.unique(crop[mask], return_counts=True)
-                keep = ids > 0
-                if not keep.any():
-                    hits[p].append(False)
-                    continue
-                ids, overlap = ids[keep], overlap[keep]
-                best = overlap.argmax()
-                area = (crop == ids[best]).sum()
-                hits[p].append(bool(overlap[best] / (area + mask.sum() - overlap[best]) > 0.5))
-    shares = [float(np.mean(h)) for h in hits]
+            hits[p].append(found_once(crops, masks))
+    shares = [float(torch.cat(h).float().mean()) for h in hits]
     best = int(np.argmax(shares))
     return {"params": points[best], "found": shares[best], "grid": list(zip(points, shares))}
+
+
+def found_once(pieces: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per cell (n,) bool: does the piece sharing most pixels with its mask overlap it with IoU > 0.5?
+
+    pieces (n, 1, S, S) int64 piece ids (0 = background) around each cell, masks (n, 1, S, S) bool. One bincount over
+    (cell, piece) keys gives every piece's area and overlap in every crop; ties go to the smaller piece id.
+    """
+    n, k = len(pieces), int(pieces.max()) + 1
+    keys = (torch.arange(n)[:, None] * k + pieces.flatten(1))  # (n, S*S)
+    area = torch.bincount(keys.flatten(), minlength=n * k).view(n, k)
+    overlap = torch.bincount(keys[masks.flatten(1)], minlength=n * k).view(n, k)
+    overlap[:, 0] = 0  # the background is not a piece
+    inter, best = overlap.max(dim=1)
+    union = area.gather(1, best[:, None])[:, 0] + masks.flatten(1).sum(1) - inter
+    return (inter > 0) & (inter / union.clamp_min(1) > 0.5)
 
 
 def hematoxylin_maxima(image: torch.Tensor, sigma: float = 2.5, min_distance: int = 6) -> np.ndarray:

@@ -69,6 +69,7 @@ from skimage.measure import label as connected_components
 from tqdm.auto import tqdm
 
 from ..data import DataError, list_dataset, load_sample
+from ..register import dihedral
 
 FEATURES = (16, 16, 32, 64, 128, 16)
 TRAIN_CROP = 64
@@ -177,14 +178,10 @@ def _crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, crop: int) -> 
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per item a random one of the 8 flips/90-degree rotations, applied to all stacked channels."""
-    ks = torch.randint(0, 4, (len(x),), generator=generator).tolist()
-    flips = torch.randint(0, 2, (len(x),), generator=generator).tolist()
-    out = []
-    for item, k, flip in zip(x, ks, flips):
-        item = torch.rot90(item, k, dims=(1, 2))
-        out.append(item.flip(2) if flip else item)
-    return torch.stack(out)
+    """Per item a random one of the 8 flips/90-degree rotations, applied to all stacked channels (one gather)."""
+    ks = torch.randint(0, 4, (len(x),), generator=generator)
+    flips = torch.randint(0, 2, (len(x),), generator=generator)
+    return dihedral(x, ks + 4 * flips)  # element k + 4: k quarter turns, then a left-right flip
 
 
 def train_unet(
