@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from skimage.measure import approximate_polygon, find_contours, regionprops
+from skimage.measure import find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
 from .annotate import CELL_COLUMNS, Annotation
@@ -66,9 +66,26 @@ def cell_polygons(labels: np.ndarray) -> dict[int, list[list[float]]]:
         r0, c0 = region.bbox[0] - 1, region.bbox[1] - 1
         contours = find_contours(np.pad(region.image, 1).astype(np.float32), 0.5)
         ring = max(contours, key=len)  # the outer boundary; a stitched cell is one piece, but be safe
-        ring = approximate_polygon(ring, tolerance=0.5)  # sub-pixel detail only bloats the file
+        ring = without_collinear_points(ring)
         polygons[int(region.label)] = [[float(c + c0), float(r + r0)] for r, c in ring]
     return polygons
+
+
+def without_collinear_points(ring: np.ndarray) -> np.ndarray:
+    """The closed ring (N, 2) (first point = last) without the points that lie on a straight run between their
+    neighbours: the same polygon, about a third of the points. A contour traced on a pixel mask is mostly such runs.
+
+    Lossless and vectorised; skimage's ``approximate_polygon`` (Douglas-Peucker, tolerance 0.5 px) took 2.0 of the 2.4 s
+    of writing a tile's GeoJSON (558 cells).
+    """
+    points = ring[:-1] if np.array_equal(ring[0], ring[-1]) else ring
+    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    turning = np.abs(cross) > 1e-9
+    if turning.sum() < 3:  # degenerate (a line or a point): keep the ring as traced
+        return ring
+    kept = points[turning]
+    return np.concatenate([kept, kept[:1]])
 
 
 def write_geojson(annotation: Annotation, path) -> None:

@@ -14,6 +14,8 @@ import platform
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -140,8 +142,11 @@ def annotate_section(files) -> list[str]:
             if "segmentation_cc" in b:
                 lines.append(f"| {name} | " + " | ".join(pm(b["segmentation_cc"], k) for k, _ in SEGMENTATION) + " |")
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stage_seconds"].items())
-        lines += ["", f"Ours per stage (s / tile): {stages}. U-Net training on the bank: "
-                  f"{r['unet_train_seconds']:.0f} s.", ""]
+        setup = f" Once per folder: {r['setup_seconds']:.2f} s of setup (bank, encoder, archetype embeddings)." \
+            if "setup_seconds" in r else ""
+        spread = f" ± {r['seconds_per_tile_sd']:.2f}" if "seconds_per_tile_sd" in r else ""
+        lines += ["", f"Ours: {r['seconds_per_tile']:.2f}{spread} s / tile; per stage {stages}.{setup} U-Net training "
+                  f"on the bank: {r['unet_train_seconds']:.0f} s.", ""]
     lines += ["Beside them (not measured here):", "",
               f"- paper, Breast / Colon / Prostate at 10 %: object Dice {PAPER['dice_obj']}, AJI {PAPER['aji']}; counting F1 "
               f"{PAPER['counting_f1']}, blob {PAPER['blob_f1']};",
@@ -151,6 +156,32 @@ def annotate_section(files) -> list[str]:
               "detection box matching a nucleus box at IoU ≥ 0.1, greedy and unique (LoG boxes: centre ± σ√2). "
               "Object Dice / IoU are GlaS-style (area-weighted best overlap from both sides), AJI as Kumar et al., "
               "PQ from MONAI's `compute_panoptic_quality` (IoU > 0.5). D_θ: matched nuclei with axis ratio ≥ 1.5.", ""]
+    return lines
+
+
+def speed_section(files) -> list[str]:
+    """Inference settings compared in one process (``scripts/speed.py``): seconds per tile by stage, and the ratio of
+    each tile's time to the first variant's on the same tile."""
+    lines = ["## Speed: inference settings compared in one run (`scripts/speed.py`)", "",
+             "Shipped models and bank. Seconds per 1000 × 1000 test tile, mean over tiles of each tile's median over repeats; the variants take "
+             "turns on every tile. `ratio` is the mean of each tile's time over the first variant's on the same tile; "
+             "register + warp cells/s = cells registered (every proposal) / that stage's seconds.", ""]
+    stages = ("detect", "match", "register_warp", "stitch", "total")
+    for f in files:
+        r = json.loads(f.read_text())
+        names = list(r["tiles"])
+        base = r["tiles"][names[0]]
+        organ = f.stem.split("_", 1)[1].capitalize()
+        lines += [f"### {organ}: {len(base)} tiles × {r['repeats']} repeats, device {r['device']}, "
+                  f"{r['threads']} threads", "", "| settings | " + " | ".join(stages) + " | ratio | register + warp cells/s |",
+                  "|---" * (len(stages) + 3) + "|"]
+        for name in names:
+            tiles = r["tiles"][name]
+            means = [np.mean([t[k] for t in tiles]) for k in stages]
+            ratio = np.mean([t["total"] / b["total"] for t, b in zip(tiles, base)])
+            rate = np.mean([t["registered"] / t["register_warp"] for t in tiles])
+            lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {ratio:.2f} | {rate:.0f} |")
+        lines.append("")
     return lines
 
 
@@ -212,6 +243,8 @@ def main(argv=None) -> int:
             lines += section(files)
     if (Path(args.out).parent / "fig3.png").is_file() and annotate_files:
         lines += ["![Whole-image scores per organ and method (Fig. 3 style)](fig3.png)", ""]
+    if sorted((d / "speed").glob("speed_*.json")):
+        lines += speed_section(sorted((d / "speed").glob("speed_*.json")))
     if sorted((d / "ablation").glob("backbone_*.json")):
         lines += backbone_section(sorted((d / "ablation").glob("backbone_*.json")))
     if sorted((d / "ablation").glob("registration_*label*.json")):

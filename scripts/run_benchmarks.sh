@@ -30,4 +30,11 @@ for bb in localnet voxelmorph; do
       --mapping-checkpoint "runs/backbone_$bb/model.pt" --backbone "$bb" --max-pairs 100 --synthetic-pairs 50 \
       --json "eval/ablation/backbone_$bb.json"
 done
+# inference settings compared in one process (machines are noisy: compare ratios, not seconds across days)
+mkdir -p eval/speed
+python scripts/speed.py --data-dir "$DATA" --organ Kidney --json eval/speed/speed_kidney.json
+python scripts/speed.py --data-dir "$DATA" --organ Lung --json eval/speed/speed_lung.json
+# can the bank (plus counted "not a nucleus" clicks) verify proposals? train tiles only, leave one image out (needs
+# the bench extra: scikit-learn)
+python scripts/verify_proposals.py --data-dir "$DATA" | tee eval/verify_proposals.txt
 python scripts/make_results.py eval --out docs/results.md

@@ -13,8 +13,10 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
+from bundle.annotate import frozen
 from bundle.data import list_dataset, load_sample
 from bundle.metrics import counting_scores
+from bundle.networks import DiffeoInvariantNet
 from bundle.patches import cell_centroids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +132,18 @@ def test_the_bundle_cli_exits_non_zero_on_bad_input(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode != 0
     assert "error:" in result.stderr and "nowhere" in result.stderr
+
+
+def test_the_frozen_encoder_embeds_like_the_network_at_any_batch_size():
+    torch.manual_seed(0)
+    network = DiffeoInvariantNet(3, channels=(8, 16), strides=(2, 2), embedding_dim=16)
+    for module in network.modules():  # non-trivial batch-norm statistics, which freezing folds into the convolutions
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    encoder = frozen(network, (1, 3, 64, 64))
+    crops = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        expected = network.eval()(crops)
+    assert torch.allclose(encoder(crops), expected, atol=1e-5)
+    assert encoder(crops[:2]).shape == (2, 16)

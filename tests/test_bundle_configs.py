@@ -84,3 +84,23 @@ def test_shipped_files_are_under_the_model_zoo_limit_and_load_weights_only():
     for path in (ROOT / "models").iterdir():
         assert path.stat().st_size < 25 * 1024 * 1024, path
         torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # Warp's shape checks become constants: 64 x 64 only
+def test_ckpt_export_traces_network_def_to_torchscript_that_maps_like_the_checkpoint(tmp_path):
+    from monai.bundle import ckpt_export
+
+    from bundle.annotate import load_weights
+    from bundle.networks import DiffeoMappingNet
+
+    # traced, not scripted: torch.jit.script fails to compile MONAI's Warp (f-string error messages in its forward)
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ROOT / "models" / "model.pt"),
+                meta_file=str(ROOT / "configs" / "metadata.json"), config_file=str(ROOT / "configs" / "inference.yaml"),
+                bundle_root=str(ROOT), key_in_ckpt="model", use_trace=True, input_shape=[1, 6, 64, 64])
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    network = load_weights(DiffeoMappingNet(3, backbone="voxelmorph"), ROOT / "models" / "model.pt").eval()
+    pairs = torch.rand(5, 6, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = network(pairs)
+    assert expected.abs().max() > 0.1  # the shipped field is not the identity, so agreement means something
+    assert torch.allclose(exported(pairs), expected, atol=1e-5)

@@ -9,7 +9,9 @@ import tifffile
 import torch
 
 from bundle.annotate import CELL_COLUMNS, Annotation
-from bundle.outputs import write_outputs
+from skimage.measure import find_contours
+
+from bundle.outputs import cell_polygons, without_collinear_points, write_outputs
 from bundle.stitch import stitch
 
 
@@ -77,6 +79,41 @@ def test_outputs_agree_with_the_label_map(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["id"]) for r in rows] == [1, 2]
     assert [int(r["area"]) for r in rows] == [150, 150]
+
+
+def shoelace_area(ring) -> float:
+    x, y = np.asarray(ring, float).T
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def test_geojson_polygons_drop_only_points_on_straight_runs():
+    mask = np.zeros((30, 30), np.float32)
+    mask[5:20, 5:25] = 1
+    mask[12:20, 15:25] = 0  # an L: six corners, long straight runs
+    mask[22:26, 8:11] = 1  # and a small separate block
+    rings = find_contours(np.pad(mask, 1), 0.5)
+    assert len(rings) == 2
+    for ring in rings:
+        kept = without_collinear_points(ring)
+        assert np.array_equal(kept[0], kept[-1])  # still closed
+        # the L keeps its 6 corners, each cut by one diagonal step: 12 points + the closing one, of 71
+        assert len(kept) == 13 if len(ring) > 50 else len(kept) < len(ring)
+        assert shoelace_area(kept) == pytest.approx(shoelace_area(ring))  # the same polygon
+        assert {tuple(p) for p in kept} <= {tuple(p) for p in ring}  # no point moved or invented
+
+
+def test_every_labelled_cell_gets_a_polygon_of_its_own_area():
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 5:20] = 1
+    labels[25:35, 40:55] = 2
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 20) ** 2 + (xx - 30) ** 2 <= 36] = 3
+    polygons = cell_polygons(labels)
+    assert sorted(polygons) == [1, 2, 3]
+    for label, ring in polygons.items():
+        # a contour at the 0.5 level cuts each outer pixel corner: its area is within a perimeter's half of the mask's
+        area = (labels == label).sum()
+        assert abs(shoelace_area(ring) - area) <= 0.5 * len(ring) + 2
 
 
 def test_a_failing_writer_leaves_no_partial_outputs(tmp_path, monkeypatch):
