@@ -147,3 +147,21 @@ def test_the_frozen_encoder_embeds_like_the_network_at_any_batch_size():
         expected = network.eval()(crops)
     assert torch.allclose(encoder(crops), expected, atol=1e-5)
     assert encoder(crops[:2]).shape == (2, 16)
+
+
+def test_the_config_serves_one_image_the_way_monai_labels_bundle_infer_task_calls_it():
+    # BundleInferTask: network_def with models/model.pt, then preprocessing -> inferer(one tensor, network) ->
+    # postprocessing, all read from configs/inference.yaml
+    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / "inference.yaml")))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    network = parser.get_parsed_content("network_def")
+    checkpoint = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint.get("model", checkpoint), strict=False)
+    image_path = list_dataset(SAMPLE)[0].image_path
+    data = parser.get_parsed_content("preprocessing")({"image": str(image_path)})
+    pred = parser.get_parsed_content("inferer")(data["image"][None], network)
+    data = parser.get_parsed_content("postprocessing")({**data, "pred": pred})
+    labels = data["pred"]
+    assert labels.shape == (1, 1, *data["image"].shape[1:]) and labels.dtype == torch.int32
+    # the same annotation the folder workflow writes: labels 1..N, one per cell
+    assert sorted(torch.unique(labels).tolist()) == list(range(int(labels.max()) + 1)) and labels.max() > 10
