@@ -45,10 +45,6 @@ def stain_of(image: torch.Tensor) -> np.ndarray:
     return image[0].detach().cpu().numpy().astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------------------------- LoG
-
-
-
 def otsu_foreground(stain: np.ndarray, smooth_sigma: float = 1.0, otsu_scale: float = 1.0, opening_radius: int = 1,
                     min_size: int = 100) -> np.ndarray:
     """Nuclear foreground (H, W) bool of a stain channel: smoothed stain above ``otsu_scale`` x its Otsu threshold,
@@ -68,7 +64,6 @@ def otsu_foreground(stain: np.ndarray, smooth_sigma: float = 1.0, otsu_scale: fl
     return foreground
 
 
-
 def split_nuclei(foreground: np.ndarray, min_distance: int = 8, distance_sigma: float = 1.0) -> np.ndarray:
     """Instances (H, W) int32 (0 = background, 1..N) of a foreground: watershed of the negated distance transform
     (Gaussian-smoothed by ``distance_sigma``, which merges the spurious maxima of ragged outlines) from markers at its
@@ -85,7 +80,6 @@ def split_nuclei(foreground: np.ndarray, min_distance: int = 8, distance_sigma: 
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-distance, markers, mask=foreground)
     return labels.astype(np.int32)
-
 
 
 # The stain proposal parameters the bank calibration chooses among (``calibrate_proposals``), and the defaults for a
@@ -166,7 +160,6 @@ def hematoxylin_maxima(image: torch.Tensor, sigma: float = 2.5, min_distance: in
     Denser than ``nucleus_proposals`` (large nuclei get several): the right choice for cutting *unlabelled* training
     crops, where more nucleus-centred views help and a duplicate does no harm.
     """
-    stain = hematoxylin(image) if image.shape[0] == 3 else image[0].cpu().numpy().astype(np.float32)
-    smooth = gaussian(stain, sigma=sigma)
+    smooth = gaussian(stain_of(image), sigma=sigma)
     peaks = peak_local_max(smooth, min_distance=min_distance, threshold_abs=threshold_otsu(smooth), exclude_border=False)
     return peaks.astype(np.float32).reshape(-1, 2)

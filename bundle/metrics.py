@@ -78,28 +78,33 @@ def registration_scores(masks: torch.Tensor, ramps: torch.Tensor, targets: torch
     }
 
 
-def counting_scores(detected: np.ndarray, truth: np.ndarray, radius: float = 12.0) -> dict:
-    """Precision, recall and F1 of detections (N, 2) against ground-truth centroids (M, 2), both (row, col).
-
-    The standard rule: a one-to-one Hungarian matching of detections to nuclei minimising total distance, where a pair
-    counts only within ``radius`` pixels.
-    """
+def matched_pairs(detected: np.ndarray, truth: np.ndarray, radius: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (detection, truth) of the pairs of the counting rule: a one-to-one Hungarian matching of detections
+    (N, 2) to ground-truth centroids (M, 2), both (row, col), minimising total distance, where a pair counts only within
+    ``radius`` pixels."""
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist
 
     detected, truth = np.asarray(detected, float).reshape(-1, 2), np.asarray(truth, float).reshape(-1, 2)
-    tp = 0
-    if len(detected) and len(truth):
-        distance = cdist(detected, truth)
-        # pairs beyond the radius may not be matched: give them a cost no admissible matching would pay
-        cost = np.where(distance <= radius, distance, 1e6)
-        rows, cols = linear_sum_assignment(cost)
-        tp = int((distance[rows, cols] <= radius).sum())
-    precision = tp / len(detected) if len(detected) else float(len(truth) == 0)
-    recall = tp / len(truth) if len(truth) else float(len(detected) == 0)
+    if not len(detected) or not len(truth):
+        return np.zeros(0, int), np.zeros(0, int)
+    distance = cdist(detected, truth)
+    # pairs beyond the radius may not be matched: give them a cost no admissible matching would pay
+    rows, cols = linear_sum_assignment(np.where(distance <= radius, distance, 1e6))
+    ok = distance[rows, cols] <= radius
+    return rows[ok], cols[ok]
+
+
+def counting_scores(detected: np.ndarray, truth: np.ndarray, radius: float = 12.0) -> dict:
+    """Precision, recall and F1 of detections (N, 2) against ground-truth centroids (M, 2), both (row, col), by the
+    ``matched_pairs`` rule."""
+    n_detected, n_truth = len(np.asarray(detected).reshape(-1, 2)), len(np.asarray(truth).reshape(-1, 2))
+    tp = len(matched_pairs(detected, truth, radius)[0])
+    precision = tp / n_detected if n_detected else float(n_truth == 0)
+    recall = tp / n_truth if n_truth else float(n_detected == 0)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "n_detected": len(detected),
-            "n_truth": len(truth)}
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "n_detected": n_detected,
+            "n_truth": n_truth}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

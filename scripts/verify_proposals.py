@@ -46,9 +46,10 @@ from bundle.annotate import frozen, load_weights  # noqa: E402
 from bundle.bank import load_bank  # noqa: E402
 from bundle.data import list_dataset, load_sample  # noqa: E402
 from bundle.detect import nucleus_pieces, stain_of  # noqa: E402
+from bundle.metrics import matched_pairs  # noqa: E402
 from bundle.networks import DiffeoInvariantNet  # noqa: E402
 from bundle.patches import PATCH_SIZE, centre_crop, crop_patches  # noqa: E402
-from whole_image import instance_centroids, matched_pairs  # noqa: E402
+from whole_image import instance_centroids  # noqa: E402
 
 VERIFIERS = ("none", "encoder_1nn", "encoder_logistic", "piece_forest")
 

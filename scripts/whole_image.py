@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 from tqdm.auto import tqdm
 
 from bundle.annotate import load_weights
@@ -34,7 +32,7 @@ from bundle.baselines.segmentation import log_blobs_with_radii, otsu_watershed
 from bundle.baselines.unet import background_patches, train_unet, unet_instances
 from bundle.data import list_dataset, load_sample
 from bundle.metrics import (MIN_ELONGATION, boxes_from_centres, boxes_from_labels, connected_components,
-                            counting_scores, counting_scores_paper_rule, segmentation_scores)
+                            counting_scores, counting_scores_paper_rule, matched_pairs, segmentation_scores)
 from bundle.patches import CROP_SIZE, angle_difference, cell_centroids, crop_cell_masks, elongation, principal_angle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,16 +59,6 @@ def truth_of(labels: np.ndarray) -> dict:
             "angle": principal_angle(masks), "elongated": (elongation(masks) >= MIN_ELONGATION)}
 
 
-def matched_pairs(detected: np.ndarray, truth: np.ndarray, radius: float = 12.0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (detection, truth) of the Hungarian matching within ``radius`` used by ``counting``."""
-    if not len(detected) or not len(truth):
-        return np.zeros(0, int), np.zeros(0, int)
-    distance = cdist(detected, truth)
-    rows, cols = linear_sum_assignment(np.where(distance <= radius, distance, 1e6))
-    ok = distance[rows, cols] <= radius
-    return rows[ok], cols[ok]
-
-
 def instance_centroids(labels: np.ndarray) -> np.ndarray:
     return cell_centroids(labels)[1].reshape(-1, 2)
 
@@ -79,9 +67,10 @@ def score_tile(truth: dict, labels: np.ndarray | None, centres: np.ndarray, boxe
                orientation: np.ndarray | None = None) -> dict:
     """Every score of one method on one tile. ``labels`` None: a point detector (counting only)."""
     centres = np.asarray(centres, float).reshape(-1, 2)
-    out = {"n": len(centres),
-           "counting": {k: counting_scores(centres, truth["centroids"])[k] for k in COUNTING_KEYS},
-           "counting_paper_rule": {k: counting_scores_paper_rule(boxes, truth["boxes"])[k] for k in COUNTING_KEYS}}
+    counting = counting_scores(centres, truth["centroids"])
+    paper_rule = counting_scores_paper_rule(boxes, truth["boxes"])
+    out = {"n": len(centres), "counting": {k: counting[k] for k in COUNTING_KEYS},
+           "counting_paper_rule": {k: paper_rule[k] for k in COUNTING_KEYS}}
     if labels is not None:
         out["segmentation"] = segmentation_scores(labels, truth["labels"])
         out["segmentation_cc"] = segmentation_scores(connected_components(labels), connected_components(truth["labels"]))
