@@ -182,6 +182,14 @@ def speed_section(files) -> list[str]:
             rate = np.mean([t["registered"] / t["register_warp"] for t in tiles])
             lines.append(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {ratio:.2f} | {rate:.0f} |")
         lines.append("")
+        if r.get("counting"):
+            counts = r["counting"]
+            lines += ["The same annotation (shipped models and bank) against each tile's ground truth:", "",
+                      "| tile | cells found | annotated nuclei | count P | count R | count F1 |", "|---" * 6 + "|"]
+            lines += [f"| {c['image_id']} | {c['n_detected']} | {c['n_truth']} | {c['precision']:.3f} | "
+                      f"{c['recall']:.3f} | {c['f1']:.3f} |" for c in counts]
+            lines += [f"| mean | | | {np.mean([c['precision'] for c in counts]):.3f} | "
+                      f"{np.mean([c['recall'] for c in counts]):.3f} | {np.mean([c['f1'] for c in counts]):.3f} |", ""]
     return lines
 
 

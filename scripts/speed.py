@@ -7,6 +7,9 @@ as ratios within one run: the variants take turns on every tile, ``--repeats`` t
 * ``frozen_b128``: the encoder as a frozen TorchScript graph (``bundle.annotate.frozen``), 128 cells per call;
 * ``frozen_b32``: the same, 32 cells per call (the bundle's settings on CPU).
 
+The variants give the same annotation; its counts and counting F1 against each tile's ground truth (Hungarian matching
+of centroids within 12 px) are recorded too: the shipped models with the shipped bank, on the tiles given.
+
     python scripts/speed.py --data-dir ../shared/data/monuseg --organ Kidney --split test
 """
 
@@ -27,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bundle.data import list_dataset, load_sample  # noqa: E402
-from whole_image import workflow  # noqa: E402
+from bundle.metrics import counting_scores  # noqa: E402
+from whole_image import instance_centroids, workflow  # noqa: E402
 
 VARIANTS = {"eager_b512": {"frozen": False, "batch_size": 512}, "frozen_b128": {"frozen": True, "batch_size": 128},
             "frozen_b32": {"frozen": True, "batch_size": 32}}
@@ -49,9 +53,9 @@ def main() -> None:
     samples = list_dataset(args.data_dir, split=args.split, organ=args.organ)
     if not samples:
         raise SystemExit(f"error: no {args.split} images" + (f" of organ {args.organ}" if args.organ else ""))
-    results = {name: [] for name in VARIANTS}
+    results, counting = {name: [] for name in VARIANTS}, []
     for sample in tqdm(samples, desc="tiles", unit="tile"):
-        image, _ = load_sample(sample)
+        image, labels = load_sample(sample)
         runs = {name: [] for name in VARIANTS}
         for _ in range(args.repeats):
             for name, variant in VARIANTS.items():
@@ -64,6 +68,8 @@ def main() -> None:
             # every proposal is matched and registered; stitching then merges duplicates into the final cells
             results[name].append({"image_id": sample.image_id, "registered": annotation.n_proposals,
                                   "cells": len(annotation.cells["id"]), **median})
+        found = np.stack([annotation.cells["centroid_row"], annotation.cells["centroid_col"]], 1)
+        counting.append({"image_id": sample.image_id, **counting_scores(found, instance_centroids(labels))})
 
     base = "eager_b512"
     print(f"\n{len(samples)} tiles x {args.repeats} repeats, device {args.device}, {torch.get_num_threads()} threads; "
@@ -74,9 +80,13 @@ def main() -> None:
         means = {s: np.mean([t[s] for t in tiles]) for s in stages}
         ratio = np.mean([t["total"] / b["total"] for t, b in zip(tiles, results[base])])
         print(f"{name:<14}" + "".join(f"{means[s]:>15.2f}" for s in stages) + f"{ratio:>12.2f}")
+    for c in counting:
+        print(f"{c['image_id']}: {c['n_detected']} cells for {c['n_truth']} annotated nuclei, counting F1 {c['f1']:.3f} "
+              f"(P {c['precision']:.3f}, R {c['recall']:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "threads": torch.get_num_threads(),
-                                               "repeats": args.repeats, "tiles": results}, indent=1))
+                                               "repeats": args.repeats, "tiles": results, "counting": counting},
+                                              indent=1))
 
 
 if __name__ == "__main__":
