@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     organs = ", ".join(f"{k or 'unknown'} {v}" for k, v in sorted(Counter(bank["organs"]).items()))
     print(f"{len(bank['images'])} archetypes of {bank['meta']['n_candidates']} annotated train cells ({organs}) -> {path}")
     print(f"detector calibrated on them: {bank['meta']['proposals']} "
-          f"({bank['meta']['proposals_found']:.0%} of the archetypes found as exactly one piece)")
+          f"({bank['meta']['proposals_found']:.0%} of the archetypes hold exactly one proposal)")
     return 0
 
 

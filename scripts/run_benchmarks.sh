@@ -37,4 +37,6 @@ python scripts/speed.py --data-dir "$DATA" --organ Lung --json eval/speed/speed_
 # can the bank (plus counted "not a nucleus" clicks) verify proposals? train tiles only, leave one image out (needs
 # the bench extra: scikit-learn)
 python scripts/verify_proposals.py --data-dir "$DATA" | tee eval/verify_proposals.txt
+# how close the bank's calibration of the proposals comes to the grid's best point, 5 organs x 5 seeds (train tiles)
+python scripts/check_calibration.py --data-dir "$DATA" --seeds 0,1,2,3,4 | tee eval/check_calibration.txt
 python scripts/make_results.py eval --out docs/results.md

@@ -22,7 +22,7 @@ from bundle.patches import cell_centroids
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "docs" / "sample"
 # measured on the sample with the shipped models (see docs/README.md); a floor, not the expected value
-SAMPLE_F1_FLOOR = 0.75  # measured 0.835 (P 0.905, R 0.776) with the shipped models
+SAMPLE_F1_FLOOR = 0.70  # measured 0.767 (P 0.892, R 0.673) with the shipped models (v0.4.0: 0.835)
 
 
 def run_inference(**overrides):

@@ -105,17 +105,37 @@ def ants_available() -> bool:
     return True
 
 
-def ants_register(moving: torch.Tensor, fixed: torch.Tensor, type_of_transform: str = "SyNOnly") -> torch.Tensor:
+def ants_register(moving: torch.Tensor, fixed: torch.Tensor, type_of_transform: str = "SyNOnly",
+                  random_seed: int = 1) -> torch.Tensor:
     """ANTs registration (``ants.registration``, default ``SyNOnly``) of each moving image onto its fixed image.
 
     Same contract as :func:`demons_register`: (B, C, H, W) images in, DDF (B, 2, H, W) float32 out, channel 0 rows,
-    1 columns, pull. Raises ``RuntimeError`` when antspyx is not installed.
+    1 columns, pull. ``random_seed`` (a positive integer: with 0, results varied from process to process as unseeded
+    ones do) seeds ANTs' metric sampling, so results repeat. Raises ``RuntimeError`` when antspyx is not installed.
     """
     try:
         ants = importlib.import_module("ants")
     except Exception as e:
         raise RuntimeError("antspyx is not installed; pip install antspyx") from e
+    # Unseeded, ANTs draws its affine stage's metric samples from the clock: "SyN" missed a 5 px translation in about
+    # one process in seven. antspyx passes ``--random-seed`` only from ``ants.config._random_seed``; its public setter
+    # (``set_ants_deterministic``) would also reseed numpy's global RNG and pin ITK to one thread, so the seed is set
+    # here for this call alone.
+    if random_seed < 1:
+        raise ValueError(f"random_seed must be a positive integer, got {random_seed}")
+    config = getattr(ants, "config", None)
+    previous = getattr(config, "_random_seed", None)
+    if config is not None:
+        config._random_seed = int(random_seed)
+    try:
+        return _ants_fields(ants, moving, fixed, type_of_transform)
+    finally:
+        if config is not None:
+            config._random_seed = previous
 
+
+def _ants_fields(ants, moving: torch.Tensor, fixed: torch.Tensor, type_of_transform: str) -> torch.Tensor:
+    """The loop behind :func:`ants_register`: one ``ants.registration`` per pair, its transforms as one pull DDF."""
     m_all, f_all = _check_pair(moving, fixed)
     out = np.zeros((m_all.shape[0], 2, *m_all.shape[1:]), np.float32)
     for i, (m, f) in enumerate(zip(m_all, f_all)):
