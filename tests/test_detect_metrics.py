@@ -7,7 +7,7 @@ from PIL import Image
 
 from bundle.baselines.segmentation import log_blobs
 from bundle.bank import build_bank
-from bundle.detect import (MIN_SIZE_PERCENTILE, calibrate_proposals, hematoxylin,
+from bundle.detect import (MIN_SIZE_PERCENTILE, calibrate_proposals, found_once, hematoxylin,
                            nucleus_proposals)
 from bundle.metrics import counting_scores, dice_iou, n_components, registration_scores
 from bundle.patches import cell_centroids, orientation_ramp
@@ -26,6 +26,16 @@ def test_proposals_calibrated_on_a_bank_find_the_nuclei_of_a_new_tile(tiny_datas
     _, truth = cell_centroids(labels)
     assert counting_scores(nucleus_proposals(image, params), truth)["f1"] >= 0.9
     assert counting_scores(log_blobs(image), truth)["recall"] >= 0.8
+
+
+def test_a_bank_cell_is_found_when_exactly_one_proposal_lies_inside_its_mask():
+    masks = torch.zeros(3, 1, 9, 9, dtype=torch.bool)
+    masks[:, :, 2:7, 2:7] = True
+    dots = torch.zeros(3, 1, 9, 9)
+    dots[1, 0, 4, 4] = 1  # one proposal inside: found
+    dots[2, 0, 3, 3] = dots[2, 0, 5, 5] = 1  # two inside: a split
+    dots[0, 0, 0, 0] = 1  # only outside: a miss (or a merge whose centroid fell between nuclei)
+    assert found_once(dots, masks).tolist() == [False, True, False]
 
 
 def test_calibration_needs_the_banks_source_images(tiny_dataset, tmp_path):

@@ -113,3 +113,10 @@ def test_ants_missing_raises_clear_error(monkeypatch, translated_pair):
 def test_ants_recovers_translation(translated_pair, kind):
     _, _, moving, fixed = translated_pair
     _check_translation(ants_register(moving, fixed, type_of_transform=kind), translated_pair)
+
+
+@pytest.mark.skipif(not ants_available(), reason="antspyx is not installed")
+def test_ants_needs_a_positive_seed(translated_pair):
+    _, _, moving, fixed = translated_pair
+    with pytest.raises(ValueError, match="positive"):
+        ants_register(moving, fixed, random_seed=0)
