@@ -15,6 +15,7 @@ key                type, shape                 meaning
 ``organs``         list[str] (N)               organ of the source image ("" when unknown)
 ``meta``           dict                        fraction, seed, crop size, candidate counts, source folder, and
                                                ``proposals``: the detector parameters calibrated on the bank
+                                               (``proposals_grid``: every point tried, [params, share, proposals])
 =================  ==========================  ==================================================================
 
 The orientation ramp (a pixel label) is not stored: ``patches.orientation_ramp(masks)`` recomputes it exactly, and leaving
@@ -107,6 +108,7 @@ def build_bank(
     calibration = calibrate_proposals(bank, dataset_dir, progress=progress)
     bank["meta"]["proposals"] = calibration["params"]
     bank["meta"]["proposals_found"] = calibration["found"]
+    bank["meta"]["proposals_grid"] = [[params, share, n] for params, share, n in calibration["grid"]]
     return bank
 
 

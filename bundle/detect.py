@@ -97,14 +97,18 @@ def nucleus_pieces(stain: np.ndarray, opening_radius: int, min_size: int, min_di
     return split_nuclei(otsu_foreground(stain, opening_radius=opening_radius, min_size=min_size), min_distance)
 
 
+def piece_centroids(pieces: np.ndarray) -> np.ndarray:
+    """Centroids (N, 2) float32 as (row, col) of the pieces 1..N of an instance map (H, W), in label order."""
+    return np.array([p.centroid for p in regionprops(pieces)], dtype=np.float32).reshape(-1, 2)
+
+
 def nucleus_proposals(image: torch.Tensor, params: dict | None = None) -> np.ndarray:
     """Proposal centres (N, 2) float32 as (row, col): centroids of the ``nucleus_pieces`` of the image's stain.
 
     ``params`` (``PROPOSAL_GRID`` keys): a bank's calibration (``bank["meta"]["proposals"]``); None: the defaults.
     Single-channel (fluorescence) images are used as they are: bright nuclei on dark background.
     """
-    pieces = nucleus_pieces(stain_of(image), **(params or PROPOSAL_DEFAULTS))
-    return np.array([p.centroid for p in regionprops(pieces)], dtype=np.float32).reshape(-1, 2)
+    return piece_centroids(nucleus_pieces(stain_of(image), **(params or PROPOSAL_DEFAULTS)))
 
 
 def calibrate_proposals(bank: dict, dataset_dir, progress: bool = True) -> dict:
@@ -133,12 +137,10 @@ def calibrate_proposals(bank: dict, dataset_dir, progress: bool = True) -> dict:
         cells = np.flatnonzero(image_ids == sample.image_id)
         masks = bank["masks"][cells].bool()  # (n, 1, S, S)
         for p, point in enumerate(points):
-            centres = [piece.centroid for piece in regionprops(nucleus_pieces(stain, **point))]
-            n_proposals[p] += len(centres)
+            rows, cols = np.round(piece_centroids(nucleus_pieces(stain, **point))).astype(int).T
+            n_proposals[p] += len(rows)
             dots = np.zeros((1, *stain.shape), np.float32)
-            if centres:
-                rows, cols = np.round(np.array(centres)).astype(int).T
-                dots[0, rows, cols] = 1
+            np.add.at(dots[0], (rows, cols), 1)  # two centroids rounding to one pixel still count twice
             crops = crop_patches(torch.from_numpy(dots), bank["centroids"][cells], masks.shape[-1])  # (n, 1, S, S)
             hits[p].append(found_once(crops, masks))
     shares = [float(torch.cat(h).float().mean()) for h in hits]

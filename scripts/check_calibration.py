@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from skimage.measure import regionprops
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bundle.bank import build_bank  # noqa: E402
 from bundle.data import list_dataset, load_sample  # noqa: E402
-from bundle.detect import calibrate_proposals, nucleus_pieces, stain_of  # noqa: E402
+from bundle.detect import nucleus_pieces, piece_centroids, stain_of  # noqa: E402
 from bundle.metrics import counting_scores  # noqa: E402
 from whole_image import instance_centroids  # noqa: E402
 
@@ -48,18 +47,17 @@ def main() -> None:
         def f1(params: dict) -> float:
             key = tuple(sorted(params.items()))
             if key not in f1_of:
-                f1_of[key] = float(np.mean([
-                    counting_scores(np.array([p.centroid for p in regionprops(nucleus_pieces(stain, **params))])
-                                    .reshape(-1, 2), truth)["f1"] for stain, truth in tiles]))
+                f1_of[key] = float(np.mean([counting_scores(piece_centroids(nucleus_pieces(stain, **params)), truth)["f1"]
+                                            for stain, truth in tiles]))
             return f1_of[key]
 
         for seed in seeds:
-            bank = build_bank(args.data_dir, fraction=args.fraction, seed=seed, organ=organ, progress=False)
-            calibration = calibrate_proposals(bank, args.data_dir, progress=False)
-            grid = calibration["grid"]
+            # build_bank calibrates the proposals and keeps the whole grid it tried in the bank's meta
+            meta = build_bank(args.data_dir, fraction=args.fraction, seed=seed, organ=organ, progress=False)["meta"]
+            grid = meta["proposals_grid"]
             shares = [share for _, share, _ in grid]
             ties = [i for i, share in enumerate(shares) if share == max(shares)]
-            params, first = calibration["params"], grid[ties[0]][0]
+            params, first = meta["proposals"], grid[ties[0]][0]
             chosen.append(f1(params))
             earlier.append(f1(first))
             oracle.append(max(f1(point) for point, _, _ in grid))

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bundle.annotate import frozen, load_weights  # noqa: E402
 from bundle.bank import load_bank  # noqa: E402
 from bundle.data import list_dataset, load_sample  # noqa: E402
-from bundle.detect import nucleus_pieces, stain_of  # noqa: E402
+from bundle.detect import nucleus_pieces, piece_centroids, stain_of  # noqa: E402
 from bundle.metrics import matched_pairs  # noqa: E402
 from bundle.networks import DiffeoInvariantNet  # noqa: E402
 from bundle.patches import PATCH_SIZE, centre_crop, crop_patches  # noqa: E402
@@ -79,7 +79,7 @@ def tile_records(data_dir, bank: dict, encoder) -> list[dict]:
     for sample in tqdm(list_dataset(data_dir, split="train"), desc="train tiles", unit="tile"):
         image, labels = load_sample(sample)
         pieces = nucleus_pieces(stain_of(image), **bank["meta"]["proposals"])
-        centres = np.array([p.centroid for p in regionprops(pieces)], np.float32).reshape(-1, 2)
+        centres = piece_centroids(pieces)
         truth = instance_centroids(labels)
         found, _ = matched_pairs(centres, truth)
         positive = np.zeros(len(centres), bool)

@@ -21,6 +21,9 @@ def test_proposals_calibrated_on_a_bank_find_the_nuclei_of_a_new_tile(tiny_datas
     areas = bank["masks"].flatten(1).sum(1).numpy()
     assert params["min_size"] == int(np.percentile(areas, MIN_SIZE_PERCENTILE))
     assert bank["meta"]["proposals_found"] >= 0.7  # most bank cells hold exactly one proposal
+    # the whole grid is kept, and the chosen point finds the most bank cells in it
+    shares = [share for _, share, _ in bank["meta"]["proposals_grid"]]
+    assert bank["meta"]["proposals_found"] == max(shares) and len(shares) == 10
     rgb, labels = synthetic_tile(0, shape=(120, 200))
     image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
     _, truth = cell_centroids(labels)
