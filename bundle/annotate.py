@@ -2,10 +2,10 @@
 
     detect -> match -> register -> warp -> stitch
 
-1. **detect** (``bundle.detect``): hematoxylin proposals (Otsu foreground split by a watershed), with the parameters
-   calibrated on the bank's own cells (stored in the bank). A proposal whose nearest archetype is less than
-   ``min_similarity`` alike is dropped; the default 0 keeps all (every threshold tried lowered counting F1 on the train
-   tiles). Two proposals on one nucleus are merged at stitching.
+1. **detect** (``bundle.detect``): hematoxylin proposals (foreground above Otsu's and the local threshold, split by a
+   watershed), with the parameters calibrated on the bank's own cells (stored in the bank). A proposal whose nearest
+   archetype is less than ``min_similarity`` alike is dropped; the default 0 keeps all (every threshold tried lowered
+   counting F1 on the train tiles). Two proposals on one nucleus are merged at stitching.
 2. **match** (``bundle.matching``): every proposal to its nearest archetype, one matrix product.
 3. **register** (``bundle.register``): dihedral pre-alignment, then DiffeoMappingNet, batched over all cells.
 4. **warp**: the archetype's mask and orientation ramp go through the same field (MONAI ``Warp``).

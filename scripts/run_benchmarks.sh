@@ -39,4 +39,6 @@ python scripts/speed.py --data-dir "$DATA" --organ Lung --json eval/speed/speed_
 python scripts/verify_proposals.py --data-dir "$DATA" | tee eval/verify_proposals.txt
 # how close the bank's calibration of the proposals comes to the grid's best point, 5 organs x 5 seeds (train tiles)
 python scripts/check_calibration.py --data-dir "$DATA" --seeds 0,1,2,3,4 | tee eval/check_calibration.txt
+# where detection loses: the shipped proposals against two oracles (per-piece split count, true foreground), train tiles
+python scripts/detection_headroom.py --data-dir "$DATA" | tee eval/detection_headroom.txt
 python scripts/make_results.py eval --out docs/results.md

@@ -7,8 +7,8 @@ from PIL import Image
 
 from bundle.baselines.segmentation import log_blobs
 from bundle.bank import build_bank
-from bundle.detect import (MIN_SIZE_PERCENTILE, calibrate_proposals, found_once, hematoxylin,
-                           nucleus_proposals)
+from bundle.detect import (LOCAL_BLOCK, MIN_SIZE_PERCENTILE, calibrate_proposals, found_once, hematoxylin,
+                           nuclear_foreground, nucleus_proposals, otsu_foreground)
 from bundle.metrics import counting_scores, dice_iou, n_components, registration_scores
 from bundle.patches import cell_centroids, orientation_ramp
 from conftest import synthetic_tile
@@ -29,6 +29,22 @@ def test_proposals_calibrated_on_a_bank_find_the_nuclei_of_a_new_tile(tiny_datas
     _, truth = cell_centroids(labels)
     assert counting_scores(nucleus_proposals(image, params), truth)["f1"] >= 0.9
     assert counting_scores(log_blobs(image), truth)["recall"] >= 0.8
+
+
+def test_the_detector_foreground_keeps_a_nucleus_on_dense_stroma_but_not_the_stroma_around_it():
+    # a band of dense stroma across the tile passes the tile's Otsu threshold; a nucleus is darker than its neighbours
+    stain = np.full((400, 400), 0.1, np.float32)
+    stain[100:300, :] = 0.6
+    rows, cols = np.mgrid[:400, :400]
+    nucleus = (rows - 200) ** 2 + (cols - 200) ** 2 < 12**2
+    stain[nucleus] = 0.95
+    # the middle of the band, farther than a window's reach from its edges and from the nucleus
+    stroma = (abs(rows - 200) < 30) & ~((rows - 200) ** 2 + (cols - 200) ** 2 < 30**2)
+    assert LOCAL_BLOCK // 2 < 100 - 30
+    assert otsu_foreground(stain, min_size=100)[stroma].all()
+    foreground = nuclear_foreground(stain, opening_radius=1, min_size=100)
+    assert foreground[nucleus].all()
+    assert not foreground[stroma].any()
 
 
 def test_a_bank_cell_is_found_when_exactly_one_proposal_lies_inside_its_mask():
@@ -96,3 +112,19 @@ def test_dice_iou_and_components():
     two[0, 0, 0:2, 0:2] = 1
     two[0, 0, 6:8, 6:8] = 1
     assert list(n_components(two)) == [2]
+
+
+def test_headroom_oracle_splits_each_piece_into_as_many_proposals_as_it_holds_nuclei():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    best_split = importlib.import_module("detection_headroom").best_split
+    rows, cols = np.mgrid[:80, :120]
+    pair = ((rows - 40) ** 2 + (cols - 30) ** 2 < 14**2) | ((rows - 40) ** 2 + (cols - 46) ** 2 < 14**2)
+    single = (rows - 40) ** 2 + (cols - 100) ** 2 < 12**2
+    foreground = pair | single
+    assert len(best_split(foreground, np.array([[40.0, 30.0], [40.0, 46.0], [40.0, 100.0]]))) == 3
+    # annotated as one nucleus, the overlapping pair is left whole (only the widest spacing does that)
+    assert len(best_split(foreground, np.array([[40.0, 38.0], [40.0, 100.0]]))) == 2
