@@ -1,10 +1,11 @@
 """detect: nucleus proposals from the hematoxylin stain, calibrated on the bank.
 
 Colour deconvolution (Ruifrok and Johnston, ``skimage.color.rgb2hed``) separates the hematoxylin stain, which binds
-nuclear DNA. Its foreground (above the tile's Otsu threshold and above the local mean) is split into nuclei by a watershed on the distance transform, and the centroids of the
-pieces are the proposals (on MoNuSeg train tiles this beat smoothed-hematoxylin maxima, which fire several times in
-large nuclei). At run time they read no annotation, so they can be cut from any image, train or test; their three
-parameters are chosen once, on the bank's own cells, when the bank is built (``calibrate_proposals``).
+nuclear DNA. Its foreground (above the tile's Otsu threshold and above the local mean) is split into nuclei by a
+watershed on the distance transform, and the centroids of the pieces are the proposals (on MoNuSeg train tiles this
+beat smoothed-hematoxylin maxima, which fire several times in large nuclei). At run time they read no annotation, so
+they can be cut from any image, train or test; their three parameters are chosen once, on the bank's own cells, when
+the bank is built (``calibrate_proposals``).
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ PROPOSAL_DEFAULTS = {"opening_radius": 1, "min_size": 100, "min_distance": 8}
 # 0.786 with 51 / 101 / 151 / 251 px windows; no tile lost more than 0.008 at 101 px. A label-free design constant.)
 LOCAL_BLOCK = 101
 # Pieces smaller than this percentile of the bank's nucleus areas are specks, not nuclei. (On the 13 MoNuSeg train
-# tiles the proposals' counting F1 was 0.706 / 0.740 / 0.760 with a 30 px / 1st / 5th percentile floor: the one
-# design constant here that was chosen by looking at more than the bank.)
+# tiles the proposals' counting F1 was 0.706 / 0.740 / 0.760 with a 30 px / 1st / 5th percentile floor. With
+# LOCAL_BLOCK, one of the two design constants here chosen by looking at more than the bank.)
 MIN_SIZE_PERCENTILE = 5
 
 
