@@ -64,7 +64,7 @@ def main() -> None:
             print(f"{organ:9s} {seed:4d}  {len(ties):4d}  ({params['opening_radius']}, {params['min_distance']:2d})"
                   f"{'':17s}{chosen[-1]:.3f}  ({first['opening_radius']}, {first['min_distance']:2d}){'':11s}"
                   f"{earlier[-1]:.3f}  {oracle[-1]:.3f}", flush=True)
-    print(f"\nmean over {len(chosen)} banks: chosen {np.mean(chosen):.3f} ± {np.std(chosen):.3f}, "
+    print(f"\nmean over {len(chosen)} banks: chosen {np.mean(chosen):.3f} ± {np.std(chosen, ddof=1):.3f}, "
           f"earlier-point rule {np.mean(earlier):.3f}, grid best {np.mean(oracle):.3f}")
 
 

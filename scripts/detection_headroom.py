@@ -53,16 +53,13 @@ def best_split(foreground: np.ndarray, truth: np.ndarray) -> np.ndarray:
     in it (ties: the larger spacing)."""
     pieces, n = ndimage.label(foreground)
     wanted = np.bincount(piece_of(truth, pieces), minlength=n + 1)
-    by_spacing = {}
-    for spacing in SPACINGS:
-        centres = piece_centroids(split_nuclei(foreground, spacing))
-        by_spacing[spacing] = (centres, piece_of(centres, pieces))
-    chosen = []
-    for piece in range(1, n + 1):
-        spacing = min(SPACINGS, key=lambda s: (abs(int((by_spacing[s][1] == piece).sum()) - wanted[piece]), -s))
-        centres, owner = by_spacing[spacing]
-        chosen.append(centres[owner == piece])
-    return np.concatenate(chosen) if chosen else np.zeros((0, 2), np.float32)
+    spacings = sorted(SPACINGS, reverse=True)  # argmin takes the first of equals: the larger spacing
+    centres = [piece_centroids(split_nuclei(foreground, spacing)) for spacing in spacings]
+    owners = [piece_of(c, pieces) for c in centres]
+    counts = np.stack([np.bincount(owner, minlength=n + 1) for owner in owners])  # (spacings, pieces + 1)
+    chosen = np.abs(counts - wanted).argmin(0)  # per piece, the index of its spacing
+    # a centroid outside every piece (of a crescent-shaped piece) belongs to no piece's count
+    return np.concatenate([c[(chosen[owner] == k) & (owner > 0)] for k, (c, owner) in enumerate(zip(centres, owners))])
 
 
 def headroom(image, labels: np.ndarray, params: dict) -> dict:
@@ -84,7 +81,8 @@ def main() -> None:
     parser.add_argument("--bank", default=str(ROOT / "models" / "bank.pt"), help="its calibrated proposal parameters")
     args = parser.parse_args()
     params = load_bank(args.bank)["meta"]["proposals"]
-    print(f"bank {args.bank}: proposal parameters {params}")
+    bank = Path(args.bank).resolve()
+    print(f"bank {bank.relative_to(ROOT) if bank.is_relative_to(ROOT) else bank}: proposal parameters {params}")
     print(f"{'tile':26s} {'organ':9s}" + "".join(f"{row:>17s}" for row in ROWS))
     scores = []
     for sample in list_dataset(args.data_dir, split="train"):
@@ -92,7 +90,7 @@ def main() -> None:
         print(f"{sample.image_id:26s} {sample.organ or '':9s}" + "".join(f"{scores[-1][row]:17.3f}" for row in ROWS),
               flush=True)
     print(f"{'mean ± sd over ' + str(len(scores)) + ' tiles':36s}"
-          + "".join(f"{np.mean([s[row] for s in scores]):10.3f} ± {np.std([s[row] for s in scores]):.3f}" for row in ROWS))
+          + "".join(f"{np.mean([s[row] for s in scores]):10.3f} ± {np.std([s[row] for s in scores], ddof=1):.3f}" for row in ROWS))
 
 
 if __name__ == "__main__":

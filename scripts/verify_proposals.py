@@ -143,7 +143,7 @@ def main() -> None:
     for verifier, values in scores.items():
         values = np.asarray(values)
         by_organ = [values[[r["organ"] == o for r in records]] for o in organs]
-        print(f"{verifier:<18}{values.mean():>9.3f} ± {values.std():.3f}" + "".join(f"{v.mean():>16.3f}" for v in by_organ))
+        print(f"{verifier:<18}{values.mean():>9.3f} ± {values.std(ddof=1):.3f}" + "".join(f"{v.mean():>16.3f}" for v in by_organ))
 
 
 if __name__ == "__main__":

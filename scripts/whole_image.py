@@ -173,8 +173,7 @@ def summarise(args, runs: list[dict]) -> dict:
         if "orientation" in scores[0]:
             out["orientation"] = _block([s["orientation"] for s in scores], ("dtheta_deg",))
         seconds = [tile["seconds"][method] for tile in records]
-        out["seconds_per_tile"] = float(np.mean([s["total"] for s in seconds]))
-        out["seconds_per_tile_sd"] = float(np.std([s["total"] for s in seconds]))
+        out.update(_mean_sd("seconds_per_tile", [s["total"] for s in seconds]))
         out["stage_seconds"] = {k: float(np.mean([s[k] for s in seconds])) for k in seconds[0] if k != "total"}
         return out
 
