@@ -24,14 +24,14 @@ it out keeps the default bank under the model zoo's 25 MB file limit.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, list_dataset, load_sample
+from .checkpoint import read_checkpoint
+from .data import DataError, list_dataset, load_sample, written_atomically
 from .detect import calibrate_proposals
 from .patches import CROP_SIZE, cell_centroids, crop_cell_masks, crop_patches, principal_angle
 
@@ -134,24 +134,15 @@ def take(cells: dict, index) -> dict:
 
 def save_bank(bank: dict, path) -> Path:
     """Write atomically: a crash mid-write never leaves a truncated bank where a good one was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save({k: bank[k] for k in BANK_KEYS}, tmp)
-    os.replace(tmp, path)
-    return path
+    with written_atomically(path) as (tmp,):
+        torch.save({k: bank[k] for k in BANK_KEYS}, tmp)
+    return Path(path)
 
 
 def load_bank(path) -> dict:
     """Load and check a bank file; DataError names the file and what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: bank file not found")
-    try:
-        bank = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say so instead of a pickle traceback
-        raise DataError(f"{path}: not a readable bank file ({err.__class__.__name__}: {err})") from err
-    missing = [k for k in BANK_KEYS if not isinstance(bank, dict) or k not in bank]
+    bank = read_checkpoint(path, "bank file")
+    missing = [k for k in BANK_KEYS if k not in bank]
     if missing:
         raise DataError(f"{path}: not a bank file, missing keys {missing}")
     if len(bank["images"]) == 0:

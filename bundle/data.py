@@ -38,10 +38,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
-
 
 import numpy as np
 import torch
@@ -50,6 +53,8 @@ from skimage.segmentation import relabel_sequential
 
 __all__ = [
     "DataError",
+    "ReadImaged",
+    "image_id_of",
     "Sample",
     "list_dataset",
     "load_sample",
@@ -57,6 +62,7 @@ __all__ = [
     "read_image",
     "read_instances",
     "read_qupath_geojson",
+    "written_atomically",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -66,7 +72,14 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 class DataError(ValueError):
-    """Bad input: the message always names the file and the problem."""
+    """Bad input: the message always names the file and the problem, in one line."""
+
+
+def in_one_line(error: BaseException, last: bool = False) -> str:
+    """A library's error as one line, for a ``DataError`` message: its type and its first non-empty line (``last``:
+    its last, where the library puts the reason at the end, as ITK does after a C++ source location)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {(lines[-1] if last else lines[0]) if lines else 'no message'}"
 
 
 # ----------------------------------------------------------------------------
@@ -82,8 +95,9 @@ def _suffix(path: pathlib.Path) -> str:
     return path.suffix.lower()
 
 
-def _stem(path: pathlib.Path) -> str:
-    """File name without its (possibly double, ``.nii.gz``) suffix."""
+def image_id_of(path) -> str:
+    """An image's id: its file name without the (possibly double, ``.nii.gz``) suffix."""
+    path = pathlib.Path(path)
     return path.name[: len(path.name) - len(_suffix(path))]
 
 
@@ -156,7 +170,7 @@ def _read_array(path) -> np.ndarray:
     except DataError:
         raise
     except Exception as err:  # ITK, PIL and nibabel raise many unrelated types
-        raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+        raise DataError(f"{path}: cannot read image ({in_one_line(err, last=True)})") from err
     if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
         raise DataError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
     return array
@@ -403,7 +417,7 @@ def _find_images(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith(".") or _suffix(path) not in IMAGE_SUFFIXES:
             continue
-        image_id = _stem(path)
+        image_id = image_id_of(path)
         if image_id in images:
             raise DataError(f"{folder}: two images share the id {image_id!r}: {images[image_id].name}, {path.name}")
         images[image_id] = path
@@ -504,3 +518,53 @@ def load_sample(sample) -> tuple[torch.Tensor, np.ndarray]:
     image = read_image(sample.image_path)
     labels = read_instances(sample.annotation_path, shape=tuple(image.shape[1:]))
     return image, labels
+
+
+class ReadImaged:
+    """Dictionary transform: read ``data[key]`` (a path) with ``read_image`` into a (C, H, W) float [0, 1] MetaTensor
+    whose metadata keeps the path (``filename_or_obj``), as MONAI's readers do.
+
+    MONAI's own ``LoadImage`` returns 2-D images with rows and columns swapped and loses the bit depth needed for
+    scaling (see ``_read_with_itk``), hence this reader in the bundle's ``preprocessing``.
+    """
+
+    def __init__(self, keys="image"):
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+
+    def __call__(self, data: dict) -> dict:
+        from monai.data import MetaTensor
+
+        data = dict(data)
+        for key in self.keys:
+            if isinstance(data[key], (str, pathlib.Path)):
+                data[key] = MetaTensor(read_image(data[key]), meta={"filename_or_obj": str(data[key])})
+        return data
+
+
+# ----------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------
+
+
+@contextmanager
+def written_atomically(*paths):
+    """Yield temporary paths to write ``paths`` to; when the block succeeds, move them all into place, else remove them.
+
+    The temporary files live in a hidden folder beside the first path (same file system, so each move is an atomic
+    rename): a crash or a full disk never leaves a half-written file where a good one was, and a set of files is
+    published together, after all of them were written.
+    """
+    finals = [pathlib.Path(p) for p in paths]
+    folder = finals[0].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{finals[0].name}.", dir=folder))
+    except OSError as err:
+        raise DataError(f"{folder}: cannot write there ({err.strerror or err})") from err
+    try:
+        temporary = [tmp / f"{i}_{p.name}" for i, p in enumerate(finals)]
+        yield temporary
+        for source, final in zip(temporary, finals):
+            os.replace(source, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

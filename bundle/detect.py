@@ -92,12 +92,10 @@ PROPOSAL_GRID = {"opening_radius": (1, 2), "min_distance": (6, 8, 10, 12, 14)}
 PROPOSAL_DEFAULTS = {"opening_radius": 1, "min_size": 100, "min_distance": 8}
 # A nucleus is darker in hematoxylin than the tissue around it, not only than the tile's Otsu threshold: dense stroma
 # and cytoplasm pass a global threshold. The foreground also has to lie above the Gaussian-weighted mean of a window
-# a few nuclei wide. (On the 13 MoNuSeg train tiles, spacing 14 px: counting F1 0.777 without, 0.793 / 0.795 / 0.795 /
-# 0.786 with 51 / 101 / 151 / 251 px windows; no tile lost more than 0.008 at 101 px. A label-free design constant.)
+# a few nuclei wide: a label-free design constant, chosen on the train tiles (docs/README.md).
 LOCAL_BLOCK = 101
-# Pieces smaller than this percentile of the bank's nucleus areas are specks, not nuclei. (On the 13 MoNuSeg train
-# tiles the proposals' counting F1 was 0.706 / 0.740 / 0.760 with a 30 px / 1st / 5th percentile floor. With
-# LOCAL_BLOCK, one of the two design constants here chosen by looking at more than the bank.)
+# Pieces smaller than this percentile of the bank's nucleus areas are specks, not nuclei. With LOCAL_BLOCK, one of the
+# two design constants here chosen on the train tiles rather than on the bank alone.
 MIN_SIZE_PERCENTILE = 5
 
 

@@ -1,4 +1,4 @@
-"""losses: the training objectives of DiffeoInvariantNet."""
+"""losses: the training objectives of DiffeoInvariantNet (multi-view NT-Xent) and DiffeoMappingNet (registration)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
 
-from .transforms import warp
+from .fields import warp
 
 
 class MultiViewNTXentLoss(nn.Module):

@@ -1,9 +1,10 @@
 """register: the register and warp stages of DiffKillR.
 
-Each new cell has been matched to one archetype (``bundle.matching``). Here the archetype is
+Each new cell has been matched to one archetype (``bundle.match``). Here the archetype is
 
-1. pre-aligned to the cell by the best of the 8 flips / quarter turns (``dihedral_align``): exact pixel permutations,
-   so this costs no interpolation and takes the large, discrete part of the orientation off the network;
+1. pre-aligned to the cell by the best of the 8 flips / quarter turns (``dihedral_align``, ``fields.dihedral``): exact
+   pixel permutations, so this costs no interpolation and takes the large, discrete part of the orientation off the
+   network;
 2. registered onto the cell by ``DiffeoMappingNet`` (archetype = moving, cell = fixed; see
    ``bundle.networks.mapping``), which predicts ``phi`` with ``warped(p) = archetype(p + phi(p))``;
 3. its labels (mask, orientation ramp) are pulled through ``phi``: they become the cell's predicted labels.
@@ -18,12 +19,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .transforms import jacobian_determinant, warp
+from .fields import DIHEDRAL, dihedral, dihedral_index, jacobian_determinant, warp
 
 __all__ = [
-    "DIHEDRAL",
-    "dihedral",
-    "dihedral_inverse",
     "mutual_information",
     "normalized_cross_correlation",
     "centre_window",
@@ -32,62 +30,11 @@ __all__ = [
     "register",
 ]
 
-DIHEDRAL = 8  # the 8 flips / 90-degree rotations of a square (the dihedral group D4)
-# sigma (px) of the centred Gaussian weight of the dihedral choice. Unweighted, the neighbours that fill a 64 px patch
-# decide the choice: on 300 Kidney test cells, the aligned archetype's axis was 41.5 deg from the cell's (a random axis
-# is 45); with this window 29.9 (the best of the 8 is 12.3).
+# sigma (px) of the centred Gaussian weight of the dihedral choice: unweighted, the neighbours that fill a 64 px patch
+# decide the choice instead of the cell (docs/README.md)
 CENTRE_SIGMA = 8.0
 
 _METRICS = ("mi", "ncc")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The 8 flips / quarter turns
-
-
-def _dihedral_index(size: int, device=None) -> torch.Tensor:
-    """(8, size * size) int64: row k lists, for each output pixel, the flat input pixel that ``dihedral(., k)`` reads."""
-    base = torch.arange(size * size, device=device).view(size, size)
-    maps = []
-    for k in range(DIHEDRAL):
-        m = torch.rot90(base, k % 4, dims=(-2, -1))
-        maps.append((m.flip(-1) if k >= 4 else m).reshape(-1))
-    return torch.stack(maps)
-
-
-def dihedral(x: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
-    """Apply dihedral element k to each image: ``k % 4`` quarter turns counter-clockwise as displayed
-    (``torch.rot90(x, k % 4, dims=(-2, -1))``), THEN a left-right flip (``flip(-1)``) if ``k >= 4``.
-
-    So k = 0..3 are the rotations by 0, 90, 180, 270 degrees and k = 4..7 are the reflections
-    ``flip(rot90(x, k - 4))``. Reflections are their own inverses; rotation k is undone by ``(4 - k) % 4``
-    (``dihedral_inverse``).
-
-    x (B, C, H, W) with H == W when any k is odd; k (B,) integers in 0..7, or one int for all. Returns (B, C, H, W).
-    Batched: every item's permutation is one ``gather`` (no loop over items).
-    """
-    if isinstance(k, int):
-        k = k % DIHEDRAL
-        y = torch.rot90(x, k % 4, dims=(-2, -1))
-        return y.flip(-1) if k >= 4 else y
-    b, c, h, w = x.shape
-    k = torch.as_tensor(k, device=x.device).long().reshape(-1)
-    if k.numel() != b:
-        raise ValueError(f"k has {k.numel()} entries for {b} images")
-    if h != w:
-        raise ValueError(f"per-item dihedral elements need square images, got {h}x{w}")
-    index = _dihedral_index(h, x.device)[k % DIHEDRAL]  # (B, H*W)
-    out = x.reshape(b, c, h * w).gather(-1, index[:, None, :].expand(b, c, h * w))
-    return out.view(b, c, h, w)
-
-
-def dihedral_inverse(k: torch.Tensor | int) -> torch.Tensor | int:
-    """The element undoing k: ``dihedral(dihedral(x, k), dihedral_inverse(k)) == x``."""
-    if isinstance(k, int):
-        k = k % DIHEDRAL
-        return k if k >= 4 else (4 - k) % 4
-    k = torch.as_tensor(k).long() % DIHEDRAL
-    return torch.where(k >= 4, k, (4 - k) % 4)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,7 +119,7 @@ def dihedral_align(
         grey_a, grey_c = (g[:, top : top + size, top : top + size] for g in (grey_a, grey_c))
         h = w = size
     # All 8 candidates of every archetype, item-major: row b * 8 + k is dihedral(archetype b, k).
-    index = _dihedral_index(h, archetypes.device)  # (8, H*W)
+    index = dihedral_index(h, archetypes.device)  # (8, H*W)
     cand = grey_a.reshape(b, 1, h * w).expand(b, DIHEDRAL, h * w).gather(-1, index[None].expand(b, -1, -1))
     cand = cand.reshape(b * DIHEDRAL, h, w)
     target = grey_c[:, None].expand(b, DIHEDRAL, h, w).reshape(b * DIHEDRAL, h, w)

@@ -1,4 +1,4 @@
-"""stitch: per-cell warped masks -> one whole-image instance label map.
+"""stitch: per-cell warped masks -> one whole-image instance label map and its per-cell table.
 
 Overlaps between warped masks are resolved deterministically: cells are placed in order of match confidence (highest
 cosine similarity to their archetype first; ties by proposal index), and each takes only the pixels still free. A cell
@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .patches import orientation_from_ramp
+
+# the per-cell table of an annotation, one row per label (id = label value)
+CELL_COLUMNS = ("id", "centroid_row", "centroid_col", "area", "orientation_deg", "match_distance", "archetype_id",
+                "folded_pct")
+_INTEGER_COLUMNS = ("id", "area", "archetype_id")
+# metadata key of a label map (MetaTensor) that carries its per-cell table: (N, len(CELL_COLUMNS)) float64, label order
+CELLS_KEY = "cells"
 
 
 @dataclass
@@ -63,3 +72,51 @@ def stitch(masks: torch.Tensor, centres: np.ndarray, shape: tuple[int, int], con
     labels = labels[half : half + h, half : half + w]
     return Stitched(labels=np.ascontiguousarray(labels), kept=np.array(kept, dtype=np.int64), duplicates=duplicates,
                     empty=empty)
+
+
+def cell_table(labels: np.ndarray, kept: np.ndarray, warped: dict, index: torch.Tensor, distance: torch.Tensor) -> dict:
+    """Per-cell measurements (``CELL_COLUMNS``) in label order (label i + 1 is cell ``kept[i]``).
+
+    Area and centroid come from the stitched label map, so the table always agrees with it; orientation is read from
+    the cell's warped ramp. All cells at once: one bincount per column over the label map.
+    """
+    n = len(kept)
+    flat = labels.ravel()
+    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+    area = np.bincount(flat, minlength=n + 1)[1 : n + 1]
+    with np.errstate(invalid="ignore"):  # a label left without pixels has no centroid: nan
+        centroid_row = np.bincount(flat, rows, minlength=n + 1)[1 : n + 1] / area
+        centroid_col = np.bincount(flat, cols, minlength=n + 1)[1 : n + 1] / area
+    kept_t = torch.as_tensor(kept, dtype=torch.long)
+    if n:
+        orientation = orientation_from_ramp(warped["ramp"][kept_t].cpu(), warped["mask"][kept_t].cpu())
+    else:
+        orientation = torch.zeros(0)
+    return {"id": list(range(1, n + 1)), "centroid_row": centroid_row.tolist(), "centroid_col": centroid_col.tolist(),
+            "area": area.tolist(), "orientation_deg": orientation.tolist(),
+            "match_distance": distance[kept_t].cpu().tolist(), "archetype_id": index[kept_t].cpu().tolist(),
+            "folded_pct": warped["folded_pct"][kept_t].cpu().tolist()}
+
+
+@dataclass
+class Annotation:
+    """One annotated image: ``labels`` (H, W) int32, 0 = background, and the per-cell table ``cells`` (a list per
+    column of ``CELL_COLUMNS``, label order); ``seconds`` per stage, proposals made and duplicates merged."""
+
+    labels: np.ndarray
+    cells: dict
+    seconds: dict = field(default_factory=dict)
+    n_proposals: int = 0
+    n_duplicates: int = 0
+
+
+def cells_to_tensor(cells: dict) -> torch.Tensor:
+    """A per-cell table (a list per column of ``CELL_COLUMNS``) as one tensor (N, len(CELL_COLUMNS)) float64: the form
+    it travels in with the label map, through MONAI's collation and decollation."""
+    return torch.tensor([cells[k] for k in CELL_COLUMNS], dtype=torch.float64).reshape(len(CELL_COLUMNS), -1).T
+
+
+def cells_from_tensor(table: torch.Tensor) -> dict:
+    """The inverse of ``cells_to_tensor``: ids, areas and archetype ids come back as integers."""
+    columns = torch.as_tensor(table).reshape(-1, len(CELL_COLUMNS)).T.tolist()
+    return {k: [int(v) for v in column] if k in _INTEGER_COLUMNS else column for k, column in zip(CELL_COLUMNS, columns)}

@@ -1,4 +1,4 @@
-"""training: the pieces the MONAI/ignite engines of ``configs/train_*.yaml`` need beyond MONAI itself.
+"""training: the pieces the MONAI/ignite engines of ``configs/train*.yaml`` need beyond MONAI itself.
 
 * ``ContrastiveCells``: the bank's cells plus label-free proposal crops, the instances of contrastive training;
 * ``MultiViewBatch``: a ``prepare_batch`` that turns a batch of bank cells into n deformed views each, on the engine's
@@ -6,28 +6,30 @@
 * ``MatchingViews``: the validation batch, canonical cells plus seeded deformed query views (for ``MatchingMetric``);
 * ``RegistrationPairs``, ``FieldsInferer``: the same for DiffeoMappingNet (pairs of views, forward and inverse fields);
 * ``EmbedInferer``: embeddings, plus the reconstruction while training a network with a decoder;
-* ``LastCheckpoint``: saves ``last.pt`` every epoch and resumes from it, so an interrupted run continues;
+* ``ResumableCheckpoint``: MONAI's checkpoint handlers, saving every epoch and resuming from the newest, so an
+  interrupted run continues;
 * ``ProgressBar``: a tqdm bar with the loss.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointSaver
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointLoader
 from .data import list_dataset, read_image
 from .detect import hematoxylin_maxima
+from .fields import dihedral
 from .patches import CROP_SIZE, PATCH_SIZE, centre_crop, crop_patches
-from .register import dihedral, dihedral_align, warp_labels
+from .register import dihedral_align, warp_labels
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class MultiViewBatch:
     """prepare_batch for contrastive training: (views (B*n, C, P, P), cell ids (B*n,)).
 
     The batch's ``image`` crops (B, C, 96, 96) are repeated n times, each copy deformed by its own random field of
-    ``augment`` (a ``bundle.transforms.RandDiffeomorphismd`` on key ``image``), then centre-cropped to the patch size.
+    ``augment`` (a ``bundle.augment.RandDiffeomorphismd`` on key ``image``), then centre-cropped to the patch size.
     """
 
     def __init__(self, augment, n_views: int = 4, patch_size: int = PATCH_SIZE):
@@ -175,29 +177,32 @@ class EmbedInferer(Inferer):
         return network(inputs)
 
 
-class LastCheckpoint:
-    """Save ``save_dict`` objects' state, and the engine's own (epoch, iteration), to ``<ckpt_dir>/last.pt`` after every
-    epoch, atomically; on attach, resume from that file when it exists (and ``resume`` is true).
+class ResumableCheckpoint:
+    """Every epoch, MONAI's ``CheckpointSaver`` writes the training state (``save_dict`` and the trainer's own epoch
+    and iteration) to ``<ckpt_dir>/checkpoint_epoch=N.pt``, keeping the newest; at attach, with ``resume``, MONAI's
+    ``CheckpointLoader`` restores the newest such file, so an interrupted run continues where it stopped.
 
-    The engine is added at attach time rather than named in the config, where it would be a circular reference.
+    The trainer joins ``save_dict`` at attach time: named in the config it would be a circular reference (its handlers
+    hold this one).
     """
 
     def __init__(self, ckpt_dir, save_dict: dict, resume: bool = True):
-        self.path = Path(ckpt_dir) / "last.pt"
-        self.save_dict, self.resume = save_dict, resume
+        self.ckpt_dir, self.save_dict, self.resume = Path(ckpt_dir), dict(save_dict), resume
+
+    def latest(self) -> Path | None:
+        """The newest epoch checkpoint in ``ckpt_dir``, or None."""
+        found = [(int(p.stem.split("=")[-1]), p) for p in self.ckpt_dir.glob("checkpoint_epoch=*.pt")
+                 if p.stem.split("=")[-1].isdigit()]
+        return max(found)[1] if found else None
 
     def attach(self, engine) -> None:
-        self.save_dict = {**self.save_dict, "trainer": engine}
-        if self.resume and self.path.is_file():
-            logger.info("resuming from %s", self.path)
-            CheckpointLoader(load_path=str(self.path), load_dict=self.save_dict, map_location="cpu").attach(engine)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
-
-    def save(self, engine=None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name("last.pt.partial")
-        torch.save({k: obj.state_dict() for k, obj in self.save_dict.items()}, tmp)
-        os.replace(tmp, self.path)
+        save_dict = {**self.save_dict, "trainer": engine}
+        latest = self.latest() if self.resume else None
+        if latest is not None:
+            logger.info("resuming from %s", latest)
+            CheckpointLoader(load_path=str(latest), load_dict=save_dict, map_location="cpu").attach(engine)
+        CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
+                        epoch_level=True).attach(engine)
 
 
 def progress_output(output) -> dict:

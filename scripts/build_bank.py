@@ -10,13 +10,9 @@ The bank is the only ground truth the method sees; see bundle/bank.py for its co
 import argparse
 import sys
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bundle.bank import build_bank, save_bank  # noqa: E402
-from bundle.data import DataError  # noqa: E402
+from bundle.bank import build_bank, save_bank
+from bundle.data import DataError
 
 
 def main(argv=None) -> int:
@@ -26,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--organ", default=None, help="only this organ")
     parser.add_argument("--per-organ", action="store_true", help="draw the fraction within every organ")
-    parser.add_argument("--out", default=str(ROOT / "models" / "bank.pt"))
+    parser.add_argument("--out", required=True, help="the bank file to write (models/bank.pt is the shipped one)")
     args = parser.parse_args(argv)
     try:
         bank = build_bank(args.dataset_dir, fraction=args.fraction, seed=args.seed, organ=args.organ,

@@ -15,10 +15,7 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import relabel_sequential
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bundle.data import list_dataset, load_sample  # noqa: E402
+from bundle.data import list_dataset, load_sample
 
 
 def main(argv=None) -> int:
@@ -28,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=300)
     parser.add_argument("--left", type=int, default=300)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "sample"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "sample"))
     args = parser.parse_args(argv)
 
     sample = {s.image_id: s for s in list_dataset(args.dataset_dir)}[args.image]

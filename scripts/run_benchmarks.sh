@@ -1,44 +1,43 @@
 #!/usr/bin/env bash
-# The exact commands behind docs/results.md (2 CPU cores).
-# Usage: bash scripts/run_benchmarks.sh ../shared/data/monuseg
-# One organ end to end, matching + registration + annotate + reports:
-#   python scripts/benchmark.py all --train-dir DATA --test-dir DATA --organ Kidney --seeds 0,1,2 --epochs 20 \
-#       --mapping-checkpoint models/model.pt --max-pairs 100 --synthetic-pairs 50
+# The commands behind every figure in docs/README.md and docs/results.md: each writes an artifact in eval/, and
+# scripts/make_results.py turns the artifacts (and the shipped files in models/) into the pages. Each artifact records
+# the machine that measured it.
+# Usage: bash scripts/run_benchmarks.sh ../shared/data/monuseg        (about 6 h on 2 CPU cores, most of it training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/monuseg}
-mkdir -p eval
-# the label-free baselines' defaults (bundle/baselines/segmentation.py) come from this grid on the train tiles (~6 min)
-python scripts/tune_baselines.py --data "$DATA" --organs Kidney,Lung
+mkdir -p eval/speed eval/ablation
+# how large the nuclei are: the patch and crop sizes of bundle/patches.py
+python scripts/benchmark.py sizes --data-dir "$DATA" --json eval/nucleus_sizes.json
+# the label-free baselines' defaults (bundle/benchmarks/baselines/segmentation.py): grids on the train tiles
+python scripts/benchmark.py tune-baselines --data-dir "$DATA" --json eval/baseline_tuning.json
 for organ in Kidney Lung; do
   o=$(echo "$organ" | tr '[:upper:]' '[:lower:]')
   # whole images with the shipped models: ours, ours from ground-truth centroids, LoG, Otsu + watershed, U-Net
   python scripts/benchmark.py annotate --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
       --json "eval/annotate_$o.json"
   python scripts/benchmark.py matching --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
-      --epochs 20 --json "eval/matching_$o.json"
+      --epochs 20 --gallery-size bank --json "eval/matching_$o.json"
   # DiffeoInvariantNet per seed is reused from the matching runs (eval/work); DiffeoMappingNet is the shipped one
   python scripts/benchmark.py registration --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
       --epochs 20 --mapping-checkpoint models/model.pt --max-pairs 100 --synthetic-pairs 50 \
       --json "eval/registration_$o.json"
+  # inference settings compared in one process (machines are noisy: compare ratios, not seconds across days)
+  python scripts/benchmark.py speed --data-dir "$DATA" --organ "$organ" --json "eval/speed/speed_$o.json"
 done
-# backbone comparison: both trained from scratch for 20 epochs with configs/train_mapping.yaml, then scored on Kidney
+# DiffeoMappingNet trained from scratch for 20 epochs with each backbone, then with and without the Dice label term
 for bb in localnet voxelmorph; do
-  python -m monai.bundle run --config_file configs/train_mapping.yaml --ckpt_dir "runs/backbone_$bb" --resume False \
-      --backbone "$bb" --train#trainer#max_epochs 20
+  python -m monai.bundle run --config_file "['configs/train.yaml','configs/train_mapping.yaml']" \
+      --ckpt_dir "runs/backbone_$bb" --resume False --backbone "$bb" --train#trainer#max_epochs 20
   python scripts/benchmark.py registration --train-dir "$DATA" --test-dir "$DATA" --organ Kidney --seed 0 --epochs 20 \
       --mapping-checkpoint "runs/backbone_$bb/model.pt" --backbone "$bb" --max-pairs 100 --synthetic-pairs 50 \
       --json "eval/ablation/backbone_$bb.json"
 done
-# inference settings compared in one process (machines are noisy: compare ratios, not seconds across days)
-mkdir -p eval/speed
-python scripts/speed.py --data-dir "$DATA" --organ Kidney --json eval/speed/speed_kidney.json
-python scripts/speed.py --data-dir "$DATA" --organ Lung --json eval/speed/speed_lung.json
-# can the bank (plus counted "not a nucleus" clicks) verify proposals? train tiles only, leave one image out (needs
-# the bench extra: scikit-learn)
-python scripts/verify_proposals.py --data-dir "$DATA" | tee eval/verify_proposals.txt
-# how close the bank's calibration of the proposals comes to the grid's best point, 5 organs x 5 seeds (train tiles)
-python scripts/check_calibration.py --data-dir "$DATA" --seeds 0,1,2,3,4 | tee eval/check_calibration.txt
-# where detection loses: the shipped proposals against two oracles (per-piece split count, true foreground), train tiles
-python scripts/detection_headroom.py --data-dir "$DATA" | tee eval/detection_headroom.txt
-python scripts/make_results.py eval --out docs/results.md
+for weight in 0.0 2.0; do
+  python -m monai.bundle run --config_file "['configs/train.yaml','configs/train_mapping.yaml']" \
+      --ckpt_dir "runs/label$weight" --resume False --label_weight "$weight" --train#trainer#max_epochs 20
+  python scripts/benchmark.py registration --train-dir "$DATA" --test-dir "$DATA" --organ Kidney --seed 0 --epochs 20 \
+      --mapping-checkpoint "runs/label$weight/model.pt" --max-pairs 100 --synthetic-pairs 50 \
+      --json "eval/ablation/registration_kidney_label$weight.json"
+done
+python scripts/make_results.py

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import DVF2DDF
 
 from bundle.networks.mapping import BACKBONES, DiffeoMappingNet
-from bundle.transforms import compose, warp
+from bundle.fields import compose, warp
 
 P = 64
 

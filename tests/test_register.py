@@ -7,17 +7,15 @@ from skimage.draw import ellipse
 
 from bundle.networks.mapping import DiffeoMappingNet
 from bundle.patches import angle_difference, orientation_from_ramp, orientation_ramp, principal_angle
+from bundle.augment import Rotation, SmoothVelocityField
+from bundle.fields import DIHEDRAL, affine_field, dihedral, dihedral_inverse, jacobian_determinant, warp
 from bundle.register import (
-    DIHEDRAL,
-    dihedral,
     dihedral_align,
-    dihedral_inverse,
     mutual_information,
     normalized_cross_correlation,
     register,
     warp_labels,
 )
-from bundle.transforms import Rotation, SmoothVelocityField, affine_field, jacobian_determinant, warp
 
 P = 64
 

@@ -8,11 +8,11 @@ import pytest
 import tifffile
 import torch
 
-from bundle.annotate import CELL_COLUMNS, Annotation
+from skimage.draw import polygon as draw_polygon
 from skimage.measure import find_contours
 
-from bundle.outputs import cell_polygons, without_collinear_points, write_outputs
-from bundle.stitch import stitch
+from bundle.outputs import cell_geometries, without_collinear_points, write_outputs
+from bundle.stitch import CELL_COLUMNS, Annotation, cells_from_tensor, cells_to_tensor, stitch
 
 
 def disk(p=16, r=4.0, centre=(8, 8)):
@@ -102,18 +102,48 @@ def test_geojson_polygons_drop_only_points_on_straight_runs():
         assert {tuple(p) for p in kept} <= {tuple(p) for p in ring}  # no point moved or invented
 
 
-def test_every_labelled_cell_gets_a_polygon_of_its_own_area():
+def rasterised(geometry: dict, shape) -> np.ndarray:
+    """The pixels whose centres lie inside a GeoJSON Polygon or MultiPolygon ([x, y] = [column, row]), holes cut out."""
+    polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+    inside = np.zeros(shape, bool)
+    for outer, *holes in polygons:
+        for ring, value in [(outer, True)] + [(hole, False) for hole in holes]:
+            x, y = np.asarray(ring, float).T
+            rr, cc = draw_polygon(y, x, shape)
+            inside[rr, cc] = value
+    return inside
+
+
+def test_every_cell_geometry_covers_exactly_its_label_pixels():
     labels = np.zeros((40, 60), np.int32)
     labels[5:15, 5:20] = 1
-    labels[25:35, 40:55] = 2
     yy, xx = np.mgrid[:40, :60]
-    labels[(yy - 20) ** 2 + (xx - 30) ** 2 <= 36] = 3
-    polygons = cell_polygons(labels)
-    assert sorted(polygons) == [1, 2, 3]
-    for label, ring in polygons.items():
-        # a contour at the 0.5 level cuts each outer pixel corner: its area is within a perimeter's half of the mask's
-        area = (labels == label).sum()
-        assert abs(shoelace_area(ring) - area) <= 0.5 * len(ring) + 2
+    labels[(yy - 20) ** 2 + (xx - 30) ** 2 <= 36] = 2
+    labels[25:35, 40:55] = 3
+    labels[28:31, 45:49] = 0  # a hole in cell 3
+    labels[30:34, 5:9] = labels[30:33, 12:15] = 4  # cell 4 in two pieces, as stitching can leave a cell
+    geometries = cell_geometries(labels)
+    assert sorted(geometries) == [1, 2, 3, 4]
+    assert geometries[4]["type"] == "MultiPolygon" and len(geometries[4]["coordinates"]) == 2
+    assert geometries[3]["type"] == "Polygon" and len(geometries[3]["coordinates"]) == 2  # outer ring and the hole
+    for label, geometry in geometries.items():
+        assert np.array_equal(rasterised(geometry, labels.shape), labels == label), label
+
+
+def test_two_pieces_that_touch_only_at_a_corner_are_both_kept():
+    labels = np.zeros((12, 12), np.int32)
+    labels[2:5, 2:5] = labels[5:8, 5:8] = 1
+    geometry = cell_geometries(labels)[1]
+    assert np.array_equal(rasterised(geometry, labels.shape), labels == 1)
+
+
+def test_the_per_cell_table_travels_as_one_tensor_and_comes_back_unchanged():
+    cells = annotation_of(np.array([[0, 1], [2, 2]], np.int32)).cells
+    table = cells_to_tensor(cells)
+    assert table.shape == (2, len(CELL_COLUMNS)) and table.dtype == torch.float64
+    back = cells_from_tensor(table)
+    assert back == cells and all(isinstance(v, int) for v in back["id"] + back["area"] + back["archetype_id"])
+    assert cells_from_tensor(cells_to_tensor({k: [] for k in CELL_COLUMNS})) == {k: [] for k in CELL_COLUMNS}
 
 
 def test_a_failing_writer_leaves_no_partial_outputs(tmp_path, monkeypatch):

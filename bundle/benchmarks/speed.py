@@ -1,0 +1,83 @@
+"""speed: seconds per tile of the whole-image workflow, by stage, for inference settings compared in one process
+(``scripts/benchmark.py speed``).
+
+Machines like this project's are noisy, so settings are compared as ratios within one run: the variants take turns
+on every tile, ``repeats`` times, and the median per tile is kept.
+
+* ``eager_b512``: the encoder as the PyTorch module, 512 cells per network call (the settings before v0.4);
+* ``eager_b32``: the same, 32 cells per call (the bundle's default on CPU);
+* ``compiled_b32``: the encoder through ``torch.compile`` (``compile: true``), 32 cells per call; its one-off
+  compilation is timed apart (``compile_seconds``).
+
+The variants give the same annotation up to float rounding; its counts and counting F1 against each tile's ground
+truth are recorded too: the shipped models with the shipped bank, on the tiles given.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import DataError, list_dataset, load_sample
+from ..patches import cell_centroids
+from .metrics import counting_scores
+from .protocol import ROOT, inference, machine
+
+VARIANTS = {"eager_b512": {"compile": False, "batch_size": 512}, "eager_b32": {"compile": False, "batch_size": 32},
+            "compiled_b32": {"compile": True, "batch_size": 32}}
+STAGES = ("detect", "match", "register_warp", "stitch", "total")
+
+
+def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str = "cpu") -> dict:
+    """Per-tile medians of every variant, with the compile time and the annotation's counting scores."""
+    inferers, setup_seconds, network = {}, {}, None
+    for compile_ in (False, True):
+        inferer, network = inference(ROOT / "models" / "bank.pt", device)
+        inferer.compile = compile_
+        start = time.perf_counter()
+        inferer.setup()  # with compile, the first call of the encoder (the bank's archetypes) compiles it
+        setup_seconds[compile_] = time.perf_counter() - start
+        inferers[compile_] = inferer
+    compile_seconds = setup_seconds[True] - setup_seconds[False]
+    samples = list_dataset(data_dir, split=split, organ=organ)
+    if not samples:
+        raise DataError(f"{data_dir}: no {split} images" + (f" of organ {organ}" if organ else ""))
+    results, counting = {name: [] for name in VARIANTS}, []
+    for sample in tqdm(samples, desc="tiles", unit="tile"):
+        image, labels = load_sample(sample)
+        runs = {name: [] for name in VARIANTS}
+        for _ in range(repeats):
+            for name, variant in VARIANTS.items():
+                inferer = inferers[variant["compile"]]
+                inferer.batch_size = variant["batch_size"]
+                start = time.perf_counter()
+                annotation = inferer.annotate(image, network)
+                runs[name].append({"total": time.perf_counter() - start, **annotation.seconds})
+        for name, r in runs.items():
+            median = {k: float(np.median([x[k] for x in r])) for k in r[0]}
+            # every proposal is matched and registered; stitching then merges duplicates into the final cells
+            results[name].append({"image_id": sample.image_id, "registered": annotation.n_proposals,
+                                  "cells": len(annotation.cells["id"]), **median})
+        found = np.stack([annotation.cells["centroid_row"], annotation.cells["centroid_col"]], 1)
+        counting.append({"image_id": sample.image_id, **counting_scores(found, cell_centroids(labels)[1])})
+    return {"organ": organ, "device": device, "threads": torch.get_num_threads(), "repeats": repeats,
+            "compile_seconds": compile_seconds, "machine": machine(), "tiles": results, "counting": counting}
+
+
+def print_summary(result: dict) -> None:
+    base = next(iter(VARIANTS))
+    tiles = result["tiles"]
+    print(f"\n{len(tiles[base])} tiles x {result['repeats']} repeats, device {result['device']}, {result['threads']} "
+          f"threads; seconds per tile (mean of per-tile medians); compiling the encoder took "
+          f"{result['compile_seconds']:.1f} s")
+    print(f"{'variant':<14}" + "".join(f"{s:>15}" for s in STAGES) + f"{'vs ' + base:>12}")
+    for name, rows in tiles.items():
+        means = {s: np.mean([t[s] for t in rows]) for s in STAGES}
+        ratio = np.mean([t["total"] / b["total"] for t, b in zip(rows, tiles[base])])
+        print(f"{name:<14}" + "".join(f"{means[s]:>15.2f}" for s in STAGES) + f"{ratio:>12.2f}")
+    for c in result["counting"]:
+        print(f"{c['image_id']}: {c['n_detected']} cells for {c['n_truth']} annotated nuclei, counting F1 {c['f1']:.3f} "
+              f"(P {c['precision']:.3f}, R {c['recall']:.3f})")

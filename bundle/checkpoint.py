@@ -1,0 +1,79 @@
+"""checkpoint: the bundle's weights files, read and written as ``{"model": state_dict, "recipe": {...}}``.
+
+Every file is loaded with ``torch.load(weights_only=True)``. A checkpoint written by the training configs also carries
+its **recipe**: the hyper-parameters of the run that made it (the config's ``recipe`` section), and the recipe of the
+weights it started from when it was fine-tuned. The shipped models carry theirs, so a test can hold the configs' defaults
+to the recipe that made ``models/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
+
+from .data import DataError, in_one_line
+
+__all__ = ["load_weights", "read_checkpoint", "recipe_of", "CheckpointLoader", "Recipe"]
+
+
+def read_checkpoint(path, what: str = "checkpoint") -> dict:
+    """The dictionary stored at ``path`` (weights only); DataError names a missing or unreadable file, and ``what`` it
+    should have been (a checkpoint, a bank file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or holding more than tensors
+        raise DataError(f"{path}: not a readable {what} ({in_one_line(err)})") from err
+    if not isinstance(stored, dict):
+        raise DataError(f"{path}: not a {what} (a {type(stored).__name__}, not a dictionary)")
+    return stored
+
+
+def load_weights(network: torch.nn.Module, path) -> torch.nn.Module:
+    """Load the weights of a checkpoint (``{"model": state_dict}`` or a bare state dict) into ``network``."""
+    checkpoint = read_checkpoint(path)
+    try:
+        network.load_state_dict(checkpoint.get("model", checkpoint))
+    except RuntimeError as err:
+        raise DataError(f"{path}: checkpoint does not match {type(network).__name__} ({str(err).splitlines()[0]})") from err
+    return network
+
+
+def recipe_of(path) -> dict | None:
+    """The recipe stored in a checkpoint, or None for one written without it."""
+    return read_checkpoint(path).get("recipe")
+
+
+class CheckpointLoader(MonaiCheckpointLoader):
+    """MONAI's ``CheckpointLoader`` whose failures name the file in one line (``DataError``), not a torch traceback."""
+
+    def __call__(self, engine) -> None:
+        read_checkpoint(self.load_path)  # missing, truncated, foreign: said by name before torch says it otherwise
+        try:
+            super().__call__(engine)
+        except (RuntimeError, KeyError, ValueError) as err:
+            names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
+            raise DataError(f"{self.load_path}: checkpoint does not match {names} ({str(err).splitlines()[0]})") from err
+
+
+class Recipe:
+    """The hyper-parameters of a training run, saved into its checkpoints beside the weights (``save_dict`` entry).
+
+    Args:
+        values: the config's ``recipe`` section, resolved (numbers, strings, booleans, lists).
+        pretrained: the checkpoint the run started from, if any: its own recipe is kept under ``"pretrained"``.
+    """
+
+    def __init__(self, values: dict, pretrained=None):
+        self.values = dict(values)
+        self.pretrained = None if pretrained is None else recipe_of(pretrained)
+
+    def state_dict(self) -> dict:
+        return {**self.values, "pretrained": self.pretrained}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resuming keeps the recipe of the run being resumed: it is the configuration that continues."""

@@ -1,0 +1,164 @@
+"""inferer: whole-image annotation from an archetype bank, the bundle's MONAI ``inferer``.
+
+    detect -> match -> register -> warp -> stitch
+
+1. **detect** (``bundle.detect``): hematoxylin proposals (foreground above Otsu's and the local threshold, split by a
+   watershed), with the parameters calibrated on the bank's own cells (stored in the bank). A proposal whose nearest
+   archetype is less than ``min_similarity`` alike is dropped (the default 0 keeps all). Two proposals on one nucleus
+   are merged at stitching.
+2. **match** (``bundle.match``): every proposal to its nearest archetype, one matrix product.
+3. **register** (``bundle.register``): dihedral pre-alignment, then DiffeoMappingNet, batched over all cells.
+4. **warp**: the archetype's mask and orientation ramp go through the same field (MONAI ``Warp``).
+5. **stitch** (``bundle.stitch``): warped masks into one instance label map, overlaps resolved by confidence.
+
+``configs/inference.yaml`` runs it as ``dataset -> preprocessing -> inferer -> postprocessing``, and MONAI Label's
+``BundleInferTask`` calls ``inferer(image, network_def)`` the same way: one image tensor in, the instance label map
+out, with the per-cell table in its metadata (``CELLS_KEY``) for the postprocessing that writes the outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+
+from .bank import load_bank
+from .checkpoint import load_weights
+from .data import DataError
+from .detect import nucleus_proposals
+from .match import nearest_archetype
+from .patches import PATCH_SIZE, centre_crop, crop_patches, orientation_ramp
+from .register import register
+from .stitch import CELLS_KEY, Annotation, cell_table, cells_to_tensor, stitch
+
+__all__ = ["ArchetypeInferer", "compiled"]
+
+def compiled(network: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` of a network for inference, with its weights frozen into the graph (inductor ``freezing``:
+    batch norm folded into the convolutions, oneDNN weight prepacking on CPU). Compiled for one input shape, so
+    callers pad their batches to it: every other shape would compile again."""
+    return torch.compile(network.eval(), dynamic=False, options={"freezing": True})
+
+
+class ArchetypeInferer(Inferer):
+    """Annotate whole images with a bank, DiffeoInvariantNet (``invariant``) and DiffeoMappingNet (the ``network``).
+
+    Args:
+        bank: a bank dictionary or the path of a bank file.
+        invariant: a DiffeoInvariantNet, trained, or to be loaded from ``invariant_path``.
+        invariant_path: its checkpoint; None if ``invariant`` is trained already.
+        min_similarity: proposals whose nearest archetype has a lower cosine similarity are not cells.
+        align: dihedral pre-alignment metric ("mi", "ncc") or None.
+        batch_size: cells per network call.
+        compile: run the encoder through ``torch.compile`` (a one-off compilation per process, then faster matching;
+            see the model card's speed table).
+
+    Files are read at the first call (or ``setup``), not at construction, so that a config can always be parsed and a
+    bad file is reported by name where the work starts.
+    """
+
+    def __init__(self, bank, invariant: torch.nn.Module, invariant_path=None, min_similarity: float = 0.0,
+                 align: str | None = "mi", batch_size: int = 32, compile: bool = False):
+        super().__init__()
+        self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
+        self.min_similarity, self.align, self.batch_size, self.compile = min_similarity, align, batch_size, compile
+        self.archetypes = None
+        self.encoder = None
+        self.bank_embeddings = None
+        self.proposal_params = None
+
+    def setup(self) -> None:
+        """Once per inferer: read the bank and the encoder's weights, prepare the encoder, embed the archetypes."""
+        if self.archetypes is not None:
+            return
+        bank = load_bank(self.bank) if isinstance(self.bank, (str, Path)) else self.bank
+        if self.invariant_path is not None:
+            load_weights(self.invariant, self.invariant_path)
+        self.invariant.eval()
+        self.encoder = compiled(self.invariant) if self.compile else self.invariant
+        masks = centre_crop(bank["masks"].float(), PATCH_SIZE)
+        self.archetypes = {"image": centre_crop(bank["images"].float() / 255.0, PATCH_SIZE), "mask": masks,
+                           "ramp": orientation_ramp(masks)}
+        # calibrated on this bank's cells when it was built (``detect.calibrate_proposals``); older banks: defaults
+        self.proposal_params = bank.get("meta", {}).get("proposals")
+        self.bank_embeddings = self.embed(self.archetypes["image"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.invariant.parameters()).device
+
+    @torch.no_grad()
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings (N, D) of patches (N, C, P, P), ``batch_size`` at a time."""
+        out = []
+        for start in range(0, max(len(crops), 1), self.batch_size):
+            batch = crops[start : start + self.batch_size].to(self.device)
+            n = len(batch)
+            if self.compile or n == 0:  # one input shape for the compiled graph; an empty image still learns D
+                batch = torch.cat([batch, batch.new_zeros(self.batch_size - n, *crops.shape[1:])])
+            out.append(self.encoder(batch)[:n])
+        return torch.cat(out)
+
+    def annotate(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None) -> Annotation:
+        """Annotate one image (C, H, W) in [0, 1].
+
+        ``centres`` (N, 2) (row, col) replaces detection, e.g. by ground-truth centroids: the benchmark's upper bound
+        that isolates detection errors, or points a user clicked.
+        """
+        self.setup()
+        if image.ndim != 3:
+            raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
+        c, h, w = image.shape
+        if min(h, w) < PATCH_SIZE:
+            raise DataError(f"image of {h}x{w} pixels is smaller than a {PATCH_SIZE}x{PATCH_SIZE} patch")
+        if c != self.archetypes["image"].shape[1]:
+            raise DataError(f"image has {c} channels but the bank's archetypes have {self.archetypes['image'].shape[1]}")
+        seconds = {}
+        t = time.perf_counter()
+        if centres is None:
+            centres = nucleus_proposals(image, self.proposal_params)
+        centres = np.asarray(centres, np.float32).reshape(-1, 2)
+        crops = crop_patches(image, centres, PATCH_SIZE)
+        seconds["detect"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        index, distance = nearest_archetype(self.embed(crops), self.bank_embeddings)
+        is_cell = (1.0 - distance) >= self.min_similarity
+        index, distance = index[is_cell].cpu(), distance[is_cell].cpu()
+        centres, crops = centres[is_cell.cpu().numpy()], crops[is_cell.cpu()]
+        seconds["match"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        archetypes = {k: v[index] for k, v in self.archetypes.items()}
+        warped = register(network, archetypes, crops.to(self.device), align=self.align, batch_size=self.batch_size)
+        seconds["register_warp"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        stitched = stitch(warped["mask"], centres, (h, w), confidence=-distance)
+        cells = cell_table(stitched.labels, stitched.kept, warped, index, distance)
+        seconds["stitch"] = time.perf_counter() - t
+        return Annotation(stitched.labels, cells, seconds, n_proposals=len(is_cell),
+                          n_duplicates=len(stitched.duplicates))
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> MetaTensor:
+        """MONAI inferer interface: one image (1, C, H, W) or (C, H, W) -> its instance labels (1, 1, H, W) int32, a
+        batch of one whose metadata ``CELLS_KEY`` holds the per-cell table (1, N, len(CELL_COLUMNS))."""
+        if inputs.ndim == 4 and inputs.shape[0] != 1:
+            raise ValueError(f"annotates one image at a time, got a batch of {inputs.shape[0]}")
+        image = torch.as_tensor(inputs[0] if inputs.ndim == 4 else inputs).float()
+        try:
+            annotation = self.annotate(image, network)
+        except DataError as err:  # say which image: the reader's metadata knows its file
+            source = getattr(inputs, "meta", {}).get("filename_or_obj")
+            if source is None:
+                raise
+            source = source[0] if isinstance(source, (list, tuple)) else source
+            raise DataError(f"{source}: {err}") from err
+        labels = MetaTensor(torch.from_numpy(annotation.labels)[None, None],
+                            meta={CELLS_KEY: cells_to_tensor(annotation.cells)[None]})
+        labels.is_batch = True
+        return labels

@@ -1,0 +1,84 @@
+"""workflow: what makes ``configs/inference.yaml`` a command a person runs: progress, one line per image, and one
+line per error.
+
+The config's ``initialize`` calls ``one_line_errors``: from then on a ``DataError`` (bad input, named by file) ends
+the process with ``error: <file>: <problem>`` and exit status 1 instead of a traceback, wherever it was raised: while
+the config is parsed, in ``initialize``, or in the evaluator's loop. Any other exception keeps its traceback: it is
+a bug to report, not a mistake of the user's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ignite.engine import Events
+from tqdm.auto import tqdm
+
+from .data import DataError
+from .stitch import CELLS_KEY
+
+__all__ = ["one_line_errors", "error_line", "AnnotationProgress"]
+
+
+def error_line(error: BaseException) -> str | None:
+    """``error: <message>`` for the first ``DataError`` in an exception's chain (causes and contexts), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DataError):
+            return f"error: {error}"
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def one_line_errors() -> None:
+    """Report uncaught ``DataError`` as one line on stderr and exit 1 (``sys.excepthook``); others as usual."""
+    default = sys.excepthook
+    if getattr(default, "one_line_errors", False):  # installed already (a second config run in one process)
+        return
+
+    def hook(kind, error, trace):
+        line = error_line(error)
+        if line is None:
+            default(kind, error, trace)
+        else:
+            print(line, file=sys.stderr)
+            sys.exit(1)
+
+    hook.one_line_errors = True
+    sys.excepthook = hook
+
+
+class AnnotationProgress:
+    """Evaluator handler: a progress bar over the images, a line per image (cells found, seconds) and, at the end,
+    where the outputs are."""
+
+    def __init__(self, output_dir):
+        self.output_dir = Path(output_dir)
+        self.bar, self.start = None, 0.0
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self.image_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.image_done)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def started(self, engine) -> None:
+        self.bar = tqdm(total=engine.state.epoch_length, desc="annotating", unit="image")
+
+    def image_started(self, engine) -> None:
+        self.start = time.perf_counter()
+
+    def image_done(self, engine) -> None:
+        seconds = time.perf_counter() - self.start
+        for item in engine.state.output:
+            cells = item["pred"].meta[CELLS_KEY]
+            name = Path(item["outputs"][0]).name.removesuffix("_labels.tif") if "outputs" in item else "image"
+            tqdm.write(f"{name}: {len(cells)} cells in {seconds:.1f} s")
+        self.bar.update(1)
+
+    def completed(self, engine) -> None:
+        self.bar.close()
+        print(f"outputs in {self.output_dir.resolve()}")

@@ -1,0 +1,186 @@
+"""The bundle's main job, end to end: configs/inference.yaml (dataset -> preprocessing -> inferer -> postprocessing) on
+the embedded sample with the shipped models, the way the CLI runs it and the way MONAI Label's BundleInferTask does."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from bundle.benchmarks.metrics import counting_scores
+from bundle.checkpoint import load_weights
+from bundle.data import list_dataset, load_sample
+from bundle.inferer import compiled
+from bundle.networks import DiffeoInvariantNet, DiffeoMappingNet
+from bundle.patches import cell_centroids
+from bundle.stitch import CELLS_KEY
+from bundle.workflow import error_line
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "inference.yaml"
+SAMPLE = ROOT / "docs" / "sample"
+SAMPLE_ID = list_dataset(SAMPLE)[0].image_id
+# a floor under the shipped models' counting F1 on the sample, not the expected value
+SAMPLE_F1_FLOOR = 0.70
+
+
+def run_inference(**overrides) -> ConfigWorkflow:
+    """The config run in-process as `python -m monai.bundle run` runs it: initialize, then run."""
+    workflow = ConfigWorkflow(config_file=str(CONFIG), workflow_type=None, bundle_root=str(ROOT),
+                              device="$torch.device('cpu')", **overrides)
+    workflow.initialize()
+    workflow.run()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def sample_outputs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    run_inference(output_dir=str(out))
+    return out
+
+
+def read_labels(out: Path, image_id: str = SAMPLE_ID) -> np.ndarray:
+    return tifffile.imread(out / f"{image_id}_labels.tif").astype(np.int32)
+
+
+def test_every_output_is_written_for_the_sample_and_nothing_else(sample_outputs):
+    names = sorted(p.name for p in sample_outputs.iterdir())
+    assert names == sorted([f"{SAMPLE_ID}.geojson", f"{SAMPLE_ID}_cells.csv", f"{SAMPLE_ID}_labels.tif",
+                            f"{SAMPLE_ID}_overlay.png"])  # no temporary leftovers
+    assert all((sample_outputs / name).stat().st_size > 0 for name in names)
+
+
+def test_the_geojson_has_one_nucleus_feature_per_label(sample_outputs):
+    labels = read_labels(sample_outputs)
+    geo = json.loads((sample_outputs / f"{SAMPLE_ID}.geojson").read_text())
+    assert geo["type"] == "FeatureCollection"
+    assert sorted(int(f["id"]) for f in geo["features"]) == list(range(1, labels.max() + 1))
+    for feature in geo["features"]:
+        assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        assert feature["properties"]["classification"]["name"] == "Nucleus"
+        assert feature["properties"]["measurements"]["Area px^2"] == (labels == int(feature["id"])).sum()
+        assert {"Orientation deg", "Match distance", "Archetype id", "Folded pixels %"} <= set(
+            feature["properties"]["measurements"])
+
+
+def test_the_csv_agrees_with_the_label_map(sample_outputs):
+    labels = read_labels(sample_outputs)
+    with open(sample_outputs / f"{SAMPLE_ID}_cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert labels.max() > 10 and [int(r["id"]) for r in rows] == list(range(1, labels.max() + 1))
+    for r in rows:
+        rr, cc = np.nonzero(labels == int(r["id"]))
+        assert int(r["area"]) == len(rr)
+        assert abs(float(r["centroid_row"]) - rr.mean()) < 1e-3 and abs(float(r["centroid_col"]) - cc.mean()) < 1e-3
+        assert 0.0 <= float(r["orientation_deg"]) < 180.0
+
+
+def test_counting_on_the_sample_beats_the_measured_floor(sample_outputs):
+    _, truth = load_sample(list_dataset(SAMPLE)[0])
+    _, found = cell_centroids(read_labels(sample_outputs))
+    assert counting_scores(found, cell_centroids(truth)[1])["f1"] >= SAMPLE_F1_FLOOR
+
+
+def test_monai_labels_call_gives_the_label_map_the_cli_writes(sample_outputs, tmp_path):
+    # BundleInferTask: network_def with models/model.pt (strict=False), then preprocessing -> inferer(one tensor,
+    # network) -> postprocessing, all read from configs/inference.yaml
+    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')", "output_dir": str(tmp_path)})
+    network = parser.get_parsed_content("network_def")
+    checkpoint = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network.load_state_dict(checkpoint.get("model", checkpoint), strict=False)
+    data = parser.get_parsed_content("preprocessing")({"image": str(list_dataset(SAMPLE)[0].image_path)})
+    pred = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    assert pred.shape == (1, *data["image"].shape[1:]) and pred.dtype == torch.int32
+    assert pred.meta[CELLS_KEY].shape[0] == int(pred.max())  # the per-cell table travels with the label map
+    data = parser.get_parsed_content("postprocessing")({**data, "pred": pred})
+    assert np.array_equal(pred[0].numpy(), read_labels(sample_outputs))
+    assert np.array_equal(read_labels(tmp_path), read_labels(sample_outputs))
+    assert sorted(Path(p).name for p in data["outputs"]) == sorted(p.name for p in sample_outputs.iterdir())
+
+
+def test_an_image_without_cells_gives_an_empty_annotation(tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((100, 120, 3), 235, np.uint8)).save(tmp_path / "in" / "blank.png")
+    run_inference(dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"))
+    assert read_labels(tmp_path / "out", "blank").max() == 0
+    assert json.loads((tmp_path / "out" / "blank.geojson").read_text())["features"] == []
+
+
+def bad_input_cases(tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tiny / "small.png")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    torch.save({"images": torch.zeros(0, 3, 96, 96, dtype=torch.uint8), "masks": torch.zeros(0, 1, 96, 96),
+                "orientation": torch.zeros(0), "centroids": torch.zeros(0, 2), "cell_ids": torch.zeros(0),
+                "image_ids": [], "organs": [], "meta": {}}, tmp_path / "empty_bank.pt")
+    torch.save({"model": {"weight": torch.zeros(3)}}, tmp_path / "wrong.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    (tmp_path / "a_file").write_text("")
+    return {
+        "missing folder": ({"dataset_dir": str(tmp_path / "nowhere")}, "nowhere"),
+        "image smaller than a patch": ({"dataset_dir": str(tiny)}, "small.png"),
+        "unreadable image": ({"dataset_dir": str(broken)}, "cut.png"),
+        "empty bank": ({"bank_path": str(tmp_path / "empty_bank.pt")}, "empty_bank.pt"),
+        "checkpoint that does not match": ({"mapping_path": str(tmp_path / "wrong.pt")}, "wrong.pt"),
+        "text file as the encoder's checkpoint": ({"invariant_path": str(tmp_path / "text.pt")}, "text.pt"),
+        "output folder that is a file": ({"output_dir": str(tmp_path / "a_file")}, "a_file"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing folder", "image smaller than a patch", "unreadable image", "empty bank",
+                                  "checkpoint that does not match", "text file as the encoder's checkpoint",
+                                  "output folder that is a file"])
+def test_bad_input_is_one_line_naming_the_file_and_leaves_no_outputs(tmp_path, case):
+    overrides, name = bad_input_cases(tmp_path)[case]
+    out = overrides.get("output_dir", str(tmp_path / "out"))
+    with pytest.raises(Exception) as raised:
+        run_inference(**{"output_dir": out, **overrides})
+    line = error_line(raised.value)
+    assert line is not None and line.startswith("error: ") and name in line and "\n" not in line
+    assert not Path(out).is_dir() or not any(Path(out).iterdir())
+
+
+@pytest.mark.slow
+def test_the_bundle_cli_prints_one_error_line_and_exits_non_zero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(ROOT),
+         "--dataset_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'nowhere'}: dataset folder not found"]
+
+
+@pytest.mark.slow
+def test_the_compiled_encoder_embeds_like_the_network():
+    torch.manual_seed(0)
+    network = DiffeoInvariantNet(3, channels=(8, 16), strides=(2, 2), embedding_dim=16)
+    for module in network.modules():  # non-trivial batch-norm statistics, which compilation folds into the convolutions
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    crops = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = network.eval()(crops)
+        assert torch.allclose(compiled(network)(crops), expected, atol=1e-5)
+
+
+def test_the_inferer_refuses_a_batch_of_several_images():
+    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    network = load_weights(DiffeoMappingNet(3, backbone="voxelmorph"), ROOT / "models" / "model.pt")
+    with pytest.raises(ValueError, match="one image at a time"):
+        parser.get_parsed_content("inferer")(torch.rand(2, 3, 80, 80), network)

@@ -1,0 +1,61 @@
+"""Matching cells to archetypes, the matching metrics and the contrastive loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bundle.losses import MultiViewNTXentLoss
+from bundle.match import matching_metrics, nearest_archetype
+
+
+def test_nearest_archetype_is_the_most_similar_in_one_matrix_product():
+    archetypes = torch.eye(3)
+    queries = F.normalize(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.2, 1.0]]), dim=1)
+    index, distance = nearest_archetype(queries, archetypes)
+    assert index.tolist() == [1, 2]
+    assert torch.all(distance >= 0) and float(distance[1]) < 0.05
+
+
+def test_metrics_of_a_perfect_matcher_are_one():
+    gallery = torch.eye(4)
+    m = matching_metrics(gallery.repeat(2, 1), torch.arange(4).repeat(2), gallery, torch.arange(4))
+    assert m == {"map": 1.0, "top1": 1.0, "top3": 1.0}
+
+
+def test_map_is_the_mean_reciprocal_rank_of_the_one_relevant_cell():
+    gallery = torch.eye(4)
+    # query 0 ranks its cell first; query 1 ranks its cell (1) third behind cells 3 and 2
+    q = torch.stack([gallery[0], F.normalize(torch.tensor([0.0, 0.2, 0.5, 0.8]), dim=0)])
+    m = matching_metrics(q, torch.tensor([0, 1]), gallery, torch.arange(4))
+    assert m["map"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["top1"] == pytest.approx(0.5)
+    assert m["top3"] == pytest.approx(1.0)
+
+
+def test_ties_count_against_the_query():
+    gallery = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    m = matching_metrics(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), gallery, torch.tensor([0, 1]))
+    assert m["top1"] == 0.0
+
+
+def test_ntxent_prefers_views_of_one_cell_together():
+    cells = torch.tensor([0, 0, 1, 1, 2, 2])
+    together = F.normalize(torch.eye(3).repeat_interleave(2, 0) + 0.01, dim=1)
+    shuffled = together[torch.tensor([0, 2, 1, 4, 3, 5])]
+    loss = MultiViewNTXentLoss(temperature=0.1)
+    assert float(loss(together, cells)) < float(loss(shuffled, cells))
+
+
+def test_ntxent_with_two_views_equals_simclr_cross_entropy():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(8, 5), dim=1)
+    cells = torch.arange(4).repeat_interleave(2)
+    logits = z @ z.T / 0.5
+    logits.fill_diagonal_(float("-inf"))
+    partner = torch.arange(8) ^ 1
+    assert float(MultiViewNTXentLoss(0.5)(z, cells)) == pytest.approx(float(F.cross_entropy(logits, partner)), rel=1e-5)
+
+
+def test_ntxent_rejects_a_cell_with_a_single_view():
+    with pytest.raises(ValueError, match="two views"):
+        MultiViewNTXentLoss()(F.normalize(torch.randn(3, 4), dim=1), torch.tensor([0, 0, 1]))
