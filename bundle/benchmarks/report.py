@@ -363,7 +363,7 @@ def models_block(root: Path) -> str:
              "The recipe stored in each shipped network (`bundle.checkpoint.recipe_of`), equal to the defaults of its "
              "training config (`tests/test_bundle_configs.py` holds them to it):", ""]
     for name in ("invariant.pt", "model.pt"):
-        recipe, stage = recipe_of(models / name), 1
+        recipe = recipe_of(models / name)
         chain = []
         while recipe is not None:
             chain.append(recipe)
