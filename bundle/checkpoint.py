@@ -33,13 +33,17 @@ def read_checkpoint(path, what: str = "checkpoint") -> dict:
     return stored
 
 
+def _mismatch(path, names: str, error: Exception) -> DataError:
+    return DataError(f"{path}: checkpoint does not match {names} ({in_one_line(error)})")
+
+
 def load_weights(network: torch.nn.Module, path) -> torch.nn.Module:
     """Load the weights of a checkpoint (``{"model": state_dict}`` or a bare state dict) into ``network``."""
     checkpoint = read_checkpoint(path)
     try:
         network.load_state_dict(checkpoint.get("model", checkpoint))
     except RuntimeError as err:
-        raise DataError(f"{path}: checkpoint does not match {type(network).__name__} ({str(err).splitlines()[0]})") from err
+        raise _mismatch(path, type(network).__name__, err) from err
     return network
 
 
@@ -57,7 +61,7 @@ class CheckpointLoader(MonaiCheckpointLoader):
             super().__call__(engine)
         except (RuntimeError, KeyError, ValueError) as err:
             names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
-            raise DataError(f"{self.load_path}: checkpoint does not match {names} ({str(err).splitlines()[0]})") from err
+            raise _mismatch(self.load_path, names, err) from err
 
 
 class Recipe:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ignite.engine import Events
 from tqdm.auto import tqdm
 
-from .data import DataError
+from .data import DataError, image_id_of
 from .stitch import CELLS_KEY
 
 __all__ = ["one_line_errors", "error_line", "AnnotationProgress"]
@@ -75,7 +75,7 @@ class AnnotationProgress:
         seconds = time.perf_counter() - self.start
         for item in engine.state.output:
             cells = item["pred"].meta[CELLS_KEY]
-            name = Path(item["outputs"][0]).name.removesuffix("_labels.tif") if "outputs" in item else "image"
+            name = image_id_of(item["image"].meta.get("filename_or_obj", "image"))
             tqdm.write(f"{name}: {len(cells)} cells in {seconds:.1f} s")
         self.bar.update(1)
 
