@@ -18,6 +18,7 @@ out, with the per-cell table in its metadata (``CELLS_KEY``) for the postprocess
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -26,13 +27,16 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from .bank import load_bank
+from .bank import load_bank, whole_archetypes
 from .checkpoint import load_weights
 from .data import DataError
-from .detect import nucleus_proposals
+from .detect import nucleus_proposals, piece_centroids
+from .fields import compose, jacobian_determinant
 from .match import nearest_archetype
 from .patches import PATCH_SIZE, centre_crop, crop_patches, orientation_ramp
-from .register import register
+from .refine import STEPS, cell_evidence, dice, follow_image
+from .register import register, warp_labels
+from .student import student_instances, student_maps
 from .stitch import CELLS_KEY, Annotation, cell_table, cells_to_tensor, stitch
 
 __all__ = ["ArchetypeInferer", "compiled"]
@@ -51,20 +55,28 @@ class ArchetypeInferer(Inferer):
         bank: a bank dictionary or the path of a bank file.
         invariant: a DiffeoInvariantNet, trained, or to be loaded from ``invariant_path``.
         invariant_path: its checkpoint; None if ``invariant`` is trained already.
+        student: the self-trained dense network (``bundle.student``), or None; loaded from ``student_path`` if given.
+            With a student, its instances are the detections and its foreground the evidence each warped shape is
+            refined against (``bundle.refine``); without, the stain proposals detect and shapes are not refined.
+        student_path: its checkpoint.
         min_similarity: proposals whose nearest archetype has a lower cosine similarity are not cells.
         align: dihedral pre-alignment metric ("mi", "ncc") or None.
         batch_size: cells per network call.
         compile: run the encoder through ``torch.compile`` (a one-off compilation per process, then faster matching;
             see the model card's speed table).
+        refine: with a student, refine the warped shapes against its foreground (False: the benchmark's ablation).
 
     Files are read at the first call (or ``setup``), not at construction, so that a config can always be parsed and a
     bad file is reported by name where the work starts.
     """
 
-    def __init__(self, bank, invariant: torch.nn.Module, invariant_path=None, min_similarity: float = 0.0,
-                 align: str | None = "mi", batch_size: int = 32, compile: bool = False):
+    def __init__(self, bank, invariant: torch.nn.Module, invariant_path=None, student: torch.nn.Module | None = None,
+                 student_path=None, min_similarity: float = 0.0, align: str | None = "mi", batch_size: int = 32,
+                 compile: bool = False, refine: bool = True):
         super().__init__()
+        self.refine = refine
         self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
+        self.student, self.student_path = student, student_path
         self.min_similarity, self.align, self.batch_size, self.compile = min_similarity, align, batch_size, compile
         self.archetypes = None
         self.encoder = None
@@ -78,14 +90,29 @@ class ArchetypeInferer(Inferer):
         bank = load_bank(self.bank) if isinstance(self.bank, (str, Path)) else self.bank
         if self.invariant_path is not None:
             load_weights(self.invariant, self.invariant_path)
+        if self.student is not None and self.student_path is not None:
+            load_weights(self.student, self.student_path)
         self.invariant.eval()
         self.encoder = compiled(self.invariant) if self.compile else self.invariant
-        masks = centre_crop(bank["masks"].float(), PATCH_SIZE)
-        self.archetypes = {"image": centre_crop(bank["images"].float() / 255.0, PATCH_SIZE), "mask": masks,
+        # fragments never become archetypes (``bank.whole_archetypes``); ids stay the bank's
+        self.archetype_ids = torch.nonzero(whole_archetypes(bank))[:, 0]
+        if len(self.archetype_ids) == 0:
+            raise DataError("no cell of the bank is a whole nucleus (one convex-enough piece) to serve as archetype")
+        masks = centre_crop(bank["masks"][self.archetype_ids].float(), PATCH_SIZE)
+        self.archetypes = {"image": centre_crop(bank["images"][self.archetype_ids].float() / 255.0, PATCH_SIZE),
+                           "mask": masks,
                            "ramp": orientation_ramp(masks)}
         # calibrated on this bank's cells when it was built (``detect.calibrate_proposals``); older banks: defaults
         self.proposal_params = bank.get("meta", {}).get("proposals")
         self.bank_embeddings = self.embed(self.archetypes["image"])
+
+    def with_student(self, student: torch.nn.Module | None, refine: bool = True) -> "ArchetypeInferer":
+        """The same workflow (bank and encoder shared) with another student: the next self-training round's teacher;
+        None: without a student (the first teacher)."""
+        self.setup()
+        other = copy.copy(self)
+        other.student, other.student_path, other.refine = student, None, refine
+        return other
 
     @property
     def device(self) -> torch.device:
@@ -119,7 +146,12 @@ class ArchetypeInferer(Inferer):
             raise DataError(f"image has {c} channels but the bank's archetypes have {self.archetypes['image'].shape[1]}")
         seconds = {}
         t = time.perf_counter()
-        if centres is None:
+        if self.student is not None:
+            foreground, centre = student_maps(self.student, image)
+            instances = student_instances(foreground, centre)
+            if centres is None:
+                centres = piece_centroids(instances)
+        elif centres is None:
             centres = nucleus_proposals(image, self.proposal_params)
         centres = np.asarray(centres, np.float32).reshape(-1, 2)
         crops = crop_patches(image, centres, PATCH_SIZE)
@@ -137,9 +169,21 @@ class ArchetypeInferer(Inferer):
         warped = register(network, archetypes, crops.to(self.device), align=self.align, batch_size=self.batch_size)
         seconds["register_warp"] = time.perf_counter() - t
 
+        if self.student is not None:
+            t = time.perf_counter()
+            evidence = cell_evidence(foreground, instances, centres, PATCH_SIZE).to(warped["mask"].device)
+            # the archetype as registered against the image's own evidence: where they disagree, be unsure
+            warped["uncertainty"] = 1 - dice(warped["mask"], (evidence > 0.5).float())
+            refine = follow_image(warped["mask"], evidence, steps=STEPS if self.refine else 0)
+            warped["mask"] = warp_labels(warped["mask"], refine, "mask")
+            warped["ramp"] = warp_labels(warped["ramp"], refine, "continuous") * warped["mask"]
+            total = compose(warped["ddf"], refine)
+            warped["folded_pct"] = (jacobian_determinant(total) <= 0).float().mean(dim=(1, 2)) * 100
+            seconds["refine"] = time.perf_counter() - t
+
         t = time.perf_counter()
         stitched = stitch(warped["mask"], centres, (h, w), confidence=-distance)
-        cells = cell_table(stitched.labels, stitched.kept, warped, index, distance)
+        cells = cell_table(stitched.labels, stitched.kept, warped, self.archetype_ids[index], distance)
         seconds["stitch"] = time.perf_counter() - t
         return Annotation(stitched.labels, cells, seconds, n_proposals=len(is_cell),
                           n_duplicates=len(stitched.duplicates))

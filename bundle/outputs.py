@@ -164,6 +164,7 @@ def write_geojson(annotation: Annotation, path) -> None:
                     "Match distance": round(cell["match_distance"], 4),
                     "Archetype id": cell["archetype_id"],
                     "Folded pixels %": round(cell["folded_pct"], 3),
+                    **({} if np.isnan(cell["uncertainty"]) else {"Uncertainty": round(cell["uncertainty"], 4)}),
                 },
             },
         })

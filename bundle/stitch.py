@@ -17,7 +17,7 @@ from .patches import orientation_from_ramp
 
 # the per-cell table of an annotation, one row per label (id = label value)
 CELL_COLUMNS = ("id", "centroid_row", "centroid_col", "area", "orientation_deg", "match_distance", "archetype_id",
-                "folded_pct")
+                "folded_pct", "uncertainty")
 _INTEGER_COLUMNS = ("id", "area", "archetype_id")
 # metadata key of a label map (MetaTensor) that carries its per-cell table: (N, len(CELL_COLUMNS)) float64, label order
 CELLS_KEY = "cells"
@@ -78,7 +78,9 @@ def cell_table(labels: np.ndarray, kept: np.ndarray, warped: dict, index: torch.
     """Per-cell measurements (``CELL_COLUMNS``) in label order (label i + 1 is cell ``kept[i]``).
 
     Area and centroid come from the stitched label map, so the table always agrees with it; orientation is read from
-    the cell's warped ramp. All cells at once: one bincount per column over the label map.
+    the cell's warped ramp; ``uncertainty`` is ``warped["uncertainty"]`` (how far the registered archetype is from the
+    image's own evidence of the cell, ``bundle.inferer``), nan without that evidence. All cells at once: one bincount
+    per column over the label map.
     """
     n = len(kept)
     flat = labels.ravel()
@@ -95,7 +97,9 @@ def cell_table(labels: np.ndarray, kept: np.ndarray, warped: dict, index: torch.
     return {"id": list(range(1, n + 1)), "centroid_row": centroid_row.tolist(), "centroid_col": centroid_col.tolist(),
             "area": area.tolist(), "orientation_deg": orientation.tolist(),
             "match_distance": distance[kept_t].cpu().tolist(), "archetype_id": index[kept_t].cpu().tolist(),
-            "folded_pct": warped["folded_pct"][kept_t].cpu().tolist()}
+            "folded_pct": warped["folded_pct"][kept_t].cpu().tolist(),
+            "uncertainty": (warped["uncertainty"][kept_t].cpu().tolist() if "uncertainty" in warped
+                            else [float("nan")] * n)}
 
 
 @dataclass

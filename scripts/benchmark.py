@@ -32,7 +32,7 @@ from bundle.data import DataError
 def setting_of(args) -> Setting:
     return Setting(train_dir=Path(args.train_dir), test_dir=Path(args.test_dir), organ=args.organ,
                    fraction=args.fraction, per_organ=args.per_organ, device=args.device, work_dir=Path(args.work_dir),
-                   retrain=args.retrain)
+                   retrain=args.retrain, test_organs=tuple(getattr(args, "test_organs", None) or ()))
 
 
 def seeds_of(args) -> list[int]:
@@ -65,7 +65,7 @@ def run(args) -> dict:
         return result
     setting = setting_of(args)
     if args.command == "annotate":
-        result = whole_image.run(setting, seeds_of(args), args.unet_iterations)
+        result = whole_image.run(setting, seeds_of(args), args.unet_iterations, args.methods)
         whole_image.print_summary(result)
     elif args.command == "matching":
         result = matching.summarise([
@@ -120,6 +120,10 @@ def main(argv=None) -> int:
     r.add_argument("--label-weight", type=float, default=1.0, help="weight of the Dice label term (0: ablation)")
     r.add_argument("--max-pairs", type=int, default=300, help="test cells per seed (demons is the slow row)")
     r.add_argument("--synthetic-pairs", type=int, default=200)
+    a.add_argument("--test-organs", type=lambda v: v.split(","), default=None,
+                   help="score the test images of these organs (comma-separated), e.g. organs no bank cell came from")
+    a.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=whole_image.METHODS,
+                   help="comma-separated subset of the methods (default: all)")
     a.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")
     for p in (s, t, z):
         p.add_argument("--data-dir", required=True, help="dataset folder")

@@ -6,16 +6,25 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/monuseg}
-mkdir -p eval/speed eval/ablation
+mkdir -p eval/speed eval/ablation eval/effort
 # how large the nuclei are: the patch and crop sizes of bundle/patches.py
 python scripts/benchmark.py sizes --data-dir "$DATA" --json eval/nucleus_sizes.json
 # the label-free baselines' defaults (bundle/benchmarks/baselines/segmentation.py): grids on the train tiles
 python scripts/benchmark.py tune-baselines --data-dir "$DATA" --json eval/baseline_tuning.json
+# organs no bank cell and no network saw: banks from every train organ, Bladder and Brain test tiles
+python scripts/benchmark.py annotate --train-dir "$DATA" --test-dir "$DATA" --test-organs Bladder,Brain --seeds 0,1,2 \
+    --json eval/annotate_unseen.json
 for organ in Kidney Lung; do
   o=$(echo "$organ" | tr '[:upper:]' '[:lower:]')
-  # whole images with the shipped models: ours, ours from ground-truth centroids, LoG, Otsu + watershed, U-Net
+  # whole images with the shipped models: ours, its ablations (student alone, no refinement, no student), ours from
+  # ground-truth centroids, LoG, Otsu + watershed, U-Net
   python scripts/benchmark.py annotate --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
       --json "eval/annotate_$o.json"
+  # the annotation-effort curve (the 10 % point is the run above)
+  for f in 0.02 0.05 0.25; do
+    python scripts/benchmark.py annotate --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
+        --fraction "$f" --methods ours,unet,otsu_watershed --json "eval/effort/annotate_${o}_f$f.json"
+  done
   python scripts/benchmark.py matching --train-dir "$DATA" --test-dir "$DATA" --organ "$organ" --seeds 0,1,2 \
       --epochs 20 --gallery-size bank --json "eval/matching_$o.json"
   # DiffeoInvariantNet per seed is reused from the matching runs (eval/work); DiffeoMappingNet is the shipped one

@@ -96,3 +96,33 @@ def test_a_bank_can_be_built_from_qupath_geojson_annotations(tmp_path):
     bank = build_bank(tmp_path, fraction=1.0, seed=0, progress=False)
     assert len(bank["images"]) == labels.max()  # no organs.csv: the one image counts as train
     assert all(int(m.sum()) > 0 for m in bank["masks"])
+
+
+def test_fragments_and_crescents_never_serve_as_archetypes():
+    from skimage.draw import disk
+
+    from bundle.bank import whole_archetypes
+
+    masks = torch.zeros(3, 1, 96, 96, dtype=torch.uint8)
+    masks[0, 0][disk((48, 48), 12)] = 1  # a whole nucleus
+    masks[1, 0][disk((48, 48), 12)] = 1
+    masks[1, 0][disk((48, 54), 11)] = 0  # a crescent: most of its convex hull is empty
+    masks[2, 0][disk((30, 30), 6)] = 1
+    masks[2, 0][disk((66, 66), 6)] = 1  # two pieces
+    assert whole_archetypes({"masks": masks}).tolist() == [True, False, False]
+
+
+def test_the_workflow_matches_only_whole_archetypes_but_reports_bank_ids(tiny_dataset):
+    import copy
+
+    from bundle.inferer import ArchetypeInferer
+    from bundle.networks import DiffeoInvariantNet
+
+    bank = build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False)
+    broken = copy.deepcopy(bank)
+    broken["masks"][0] = 0
+    broken["masks"][0, 0, 10:12, 10:12] = 1
+    broken["masks"][0, 0, 80:82, 80:82] = 1  # cell 0 becomes two specks
+    inferer = ArchetypeInferer(broken, DiffeoInvariantNet(in_channels=3, embedding_dim=16))
+    inferer.setup()
+    assert 0 not in inferer.archetype_ids.tolist() and len(inferer.archetype_ids) == len(bank["masks"]) - 1

@@ -163,3 +163,48 @@ def test_ckpt_export_traces_network_def_to_torchscript_that_maps_like_the_checkp
         expected = network(pairs)
     assert expected.abs().max() > 0.1  # the shipped field is not the identity, so agreement means something
     assert torch.allclose(exported(pairs), expected, atol=1e-5)
+
+
+def selftrain_config(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / name) for name in ("inference.yaml", "selftrain.yaml")])
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')", **overrides})
+    return parser
+
+
+def test_the_shipped_student_was_made_with_the_selftrain_configs_defaults():
+    from bundle import selftrain
+    from bundle.checkpoint import recipe_of
+
+    config = selftrain_config()
+    expected = {"rounds": config["rounds"], "iterations": config["iterations"], "seed": config["seed"],
+                "agreement": selftrain.AGREEMENT, "margin": selftrain.MARGIN, "bank_ring": selftrain.BANK_RING}
+    assert recipe_of(ROOT / "models" / "student.pt") == expected
+
+
+@pytest.mark.slow
+def test_selftraining_writes_a_student_the_workflow_then_detects_with(tiny_dataset, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.bank import build_bank, save_bank
+    from bundle.checkpoint import read_checkpoint
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+    out = tmp_path / "student.pt"
+    workflow = ConfigWorkflow(config_file=[str(ROOT / "configs" / n) for n in ("inference.yaml", "selftrain.yaml")],
+                              workflow_type=None, bundle_root=str(ROOT), dataset_dir=str(tiny_dataset),
+                              bank_path=str(bank), student_out=str(out), iterations=3, rounds=2,
+                              device="$torch.device('cpu')")
+    workflow.initialize()
+    workflow.run()
+    stored = read_checkpoint(out)
+    assert [r["round"] for r in stored["history"]] == [1, 2]
+    assert stored["history"][0]["bank_cells"] > 0 and stored["recipe"]["iterations"] == 3
+
+    parser = selftrain_config(bank_path=str(bank), student_path=str(out))
+    parser["inferer#student"] = "@student"
+    inferer = parser.get_parsed_content("inferer")
+    image = torch.rand(3, 160, 200)
+    annotation = inferer.annotate(image, parser.get_parsed_content("network"))
+    assert annotation.labels.shape == (160, 200)
+    assert all(0 <= u <= 1 for u in annotation.cells["uncertainty"])

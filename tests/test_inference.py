@@ -67,8 +67,9 @@ def test_the_geojson_has_one_nucleus_feature_per_label(sample_outputs):
         assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
         assert feature["properties"]["classification"]["name"] == "Nucleus"
         assert feature["properties"]["measurements"]["Area px^2"] == (labels == int(feature["id"])).sum()
-        assert {"Orientation deg", "Match distance", "Archetype id", "Folded pixels %"} <= set(
-            feature["properties"]["measurements"])
+        measurements = feature["properties"]["measurements"]
+        assert {"Orientation deg", "Match distance", "Archetype id", "Folded pixels %", "Uncertainty"} <= set(measurements)
+        assert 0 <= measurements["Uncertainty"] <= 1
 
 
 def test_the_csv_agrees_with_the_label_map(sample_outputs):

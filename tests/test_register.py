@@ -261,3 +261,27 @@ def test_register_identity_network_undoes_the_dihedral_turn():
     assert torch.equal(plain["mask"], masks)
     with pytest.raises(ValueError):
         register(net, arch, cells, align="ssd")
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_warp_samples_exactly_as_monais_warp_block(mode, padding_mode):
+    from monai.networks.blocks import Warp
+
+    from bundle.fields import warp
+
+    torch.manual_seed(0)
+    image, ddf = torch.rand(3, 2, 20, 26), torch.randn(3, 2, 20, 26) * 4
+    expected = Warp(mode=mode, padding_mode=padding_mode)(image, ddf)
+    assert torch.allclose(warp(image, ddf, mode, padding_mode), expected, atol=1e-4)
+
+
+def test_scaling_and_squaring_integrates_exactly_as_monais_dvf2ddf():
+    from monai.networks.blocks import DVF2DDF
+
+    from bundle.fields import ScalingAndSquaring
+
+    torch.manual_seed(0)
+    velocity = torch.randn(2, 2, 32, 32) * 3
+    expected = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")(velocity)
+    assert torch.allclose(ScalingAndSquaring(7)(velocity), expected, atol=1e-4)

@@ -56,7 +56,7 @@ def annotation_of(labels):
     cells = {k: [] for k in CELL_COLUMNS}
     for i in ids:
         rows, cols = np.nonzero(labels == i)
-        for k, v in zip(CELL_COLUMNS, (i, rows.mean(), cols.mean(), len(rows), 30.0, 0.1, 3, 0.0)):
+        for k, v in zip(CELL_COLUMNS, (i, rows.mean(), cols.mean(), len(rows), 30.0, 0.1, 3, 0.0, 0.2)):
             cells[k].append(v)
     return Annotation(labels=labels, cells=cells, seconds={})
 

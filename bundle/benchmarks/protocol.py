@@ -47,6 +47,8 @@ class Setting:
     device: str = "cpu"
     work_dir: Path = ROOT / "eval" / "work"
     retrain: bool = False
+    # organs scored, when not ``organ`` (organs the bank and the networks never saw)
+    test_organs: tuple = ()
 
     def work_for(self, seed: int) -> Path:
         return Path(self.work_dir) / f"{(self.organ or 'all').lower()}_f{self.fraction:g}_s{seed}"
@@ -133,12 +135,18 @@ def trained(setting: Setting, seed: int, which: str, bank_path: Path, given=None
     return network, seconds
 
 
-def inference(bank_path: Path, device: str, invariant_path=None, mapping_path=None):
-    """The bundle's own inference config, parsed: its ``inferer`` and ``network_def`` with weights loaded."""
+def inference(bank_path: Path, device: str, invariant_path=None, mapping_path=None, student_path=None,
+              student: bool = True):
+    """The bundle's own inference config, parsed: its ``inferer`` and ``network_def`` with weights loaded. Given paths
+    replace the shipped weights; ``student=False`` runs the workflow without its student (the first teacher)."""
     parser = ConfigParser(ConfigParser.load_config_file(str(CONFIGS / "inference.yaml")))
     parser.update({"bundle_root": str(ROOT), "device": f"$torch.device('{device}')", "bank_path": str(bank_path)})
     if invariant_path is not None:
         parser["invariant_path"] = str(invariant_path)
+    if student_path is not None:
+        parser["student_path"] = str(student_path)
+    if not student:
+        parser["inferer#student"] = None
     network = load_weights(parser.get_parsed_content("network_def"),
                            mapping_path or parser.get_parsed_content("mapping_path"))
     return parser.get_parsed_content("inferer"), network.to(torch.device(device))

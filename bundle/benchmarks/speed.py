@@ -4,8 +4,9 @@
 Machines like this project's are noisy, so settings are compared as ratios within one run: the variants take turns
 on every tile, ``repeats`` times, and the median per tile is kept.
 
-* ``eager_b512``: the encoder as the PyTorch module, 512 cells per network call (the settings before v0.4);
-* ``eager_b32``: the same, 32 cells per call (the bundle's default on CPU);
+* ``no_student_b32``: the workflow without its student (stain proposals, unrefined shapes: v0.7.0's workflow), the
+  base of the ratios;
+* ``eager_b32``: the shipped workflow, the encoder as the PyTorch module, 32 cells per call (the default on CPU);
 * ``compiled_b32``: the encoder through ``torch.compile`` (``compile: true``), 32 cells per call; its one-off
   compilation is timed apart (``compile_seconds``).
 
@@ -26,9 +27,10 @@ from ..patches import cell_centroids
 from .metrics import counting_scores
 from .protocol import ROOT, inference, machine
 
-VARIANTS = {"eager_b512": {"compile": False, "batch_size": 512}, "eager_b32": {"compile": False, "batch_size": 32},
-            "compiled_b32": {"compile": True, "batch_size": 32}}
-STAGES = ("detect", "match", "register_warp", "stitch", "total")
+VARIANTS = {"no_student_b32": {"compile": False, "batch_size": 32, "student": False},
+            "eager_b32": {"compile": False, "batch_size": 32, "student": True},
+            "compiled_b32": {"compile": True, "batch_size": 32, "student": True}}
+STAGES = ("detect", "match", "register_warp", "refine", "stitch", "total")
 
 
 def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str = "cpu") -> dict:
@@ -53,9 +55,11 @@ def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str
             for name, variant in VARIANTS.items():
                 inferer = inferers[variant["compile"]]
                 inferer.batch_size = variant["batch_size"]
+                if not variant["student"]:
+                    inferer = inferer.with_student(None)
                 start = time.perf_counter()
                 annotation = inferer.annotate(image, network)
-                runs[name].append({"total": time.perf_counter() - start, **annotation.seconds})
+                runs[name].append({"total": time.perf_counter() - start, "refine": 0.0, **annotation.seconds})
         for name, r in runs.items():
             median = {k: float(np.median([x[k] for x in r])) for k in r[0]}
             # every proposal is matched and registered; stitching then merges duplicates into the final cells

@@ -1,0 +1,67 @@
+"""The student: centre-ness targets, instances from its two maps, and a training run that learns."""
+
+import numpy as np
+import torch
+from skimage.draw import disk
+
+from bundle.student import MIN_PIECE, build_student, centre_ness, student_instances, student_maps, train_student
+
+
+def two_touching_disks(shape=(64, 96)):
+    labels = np.zeros(shape, np.int32)
+    labels[disk((32, 30), 12, shape=shape)] = 1
+    labels[disk((32, 52), 12, shape=shape)] = 2  # overlaps the first: they touch along a chord
+    return labels
+
+
+def test_centre_ness_is_one_at_a_nucleus_centre_and_low_at_its_edge_and_zero_outside():
+    labels = np.zeros((40, 40), np.int32)
+    labels[disk((20, 20), 10)] = 1
+    c = centre_ness(labels)
+    assert c[20, 20] == 1.0
+    assert c[20, 11] < 0.25 and c[0, 0] == 0.0
+    assert c.min() >= 0 and c.max() <= 1
+
+
+def test_touching_nuclei_meet_in_a_valley_of_centre_ness():
+    c = centre_ness(two_touching_disks())
+    assert c[32, 30] > 0.9 and c[32, 52] > 0.9
+    assert c[32, 41] < 0.2  # the chord where they touch
+
+
+def test_instances_split_touching_nuclei_at_the_centre_ness_valley():
+    labels = two_touching_disks()
+    instances = student_instances((labels > 0).astype(np.float32), centre_ness(labels))
+    assert instances.max() == 2
+    assert instances[32, 30] != instances[32, 52]
+
+
+def test_a_piece_without_a_clear_centre_is_still_one_nucleus_and_specks_are_dropped():
+    foreground = np.zeros((60, 60), np.float32)
+    foreground[10:20, 10:20] = 1  # 100 px, no centre-ness peak
+    foreground[40:44, 40:44] = 1  # 16 px < MIN_PIECE: a speck
+    assert 16 < MIN_PIECE
+    instances = student_instances(foreground, np.zeros_like(foreground))
+    assert instances.max() == 1 and (instances == 1).sum() == 100
+
+
+def test_maps_cover_any_image_size_with_probabilities():
+    network = build_student().eval()
+    foreground, centre = student_maps(network, torch.rand(3, 50, 70))
+    assert foreground.shape == centre.shape == (50, 70)
+    assert 0 <= foreground.min() and foreground.max() <= 1
+
+
+def test_training_on_labelled_nuclei_separates_them_from_background():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((128, 128), np.int32)
+    for i, (r, c) in enumerate(rng.integers(16, 112, (8, 2)), start=1):
+        labels[disk((r, c), 7, shape=labels.shape)] = i
+    image = torch.full((3, 128, 128), 0.85)
+    image[:, torch.from_numpy(labels > 0)] = torch.tensor([0.35, 0.2, 0.55])[:, None]
+    target = torch.from_numpy(np.stack([(labels > 0).astype(np.float32), centre_ness(labels), np.ones(labels.shape, np.float32)]))
+    network = train_student([image], [target], iterations=60, batch_size=2, crop=64, progress=False)
+    foreground, _ = student_maps(network, image)
+    inside, outside = foreground[labels > 0], foreground[labels == 0]
+    assert inside.mean() > 0.5 > outside.mean() and inside.mean() - outside.mean() > 0.4
+    assert network.info["iterations"] == 60
