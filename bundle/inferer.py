@@ -1,15 +1,17 @@
 """inferer: whole-image annotation from an archetype bank, the bundle's MONAI ``inferer``.
 
-    detect -> match -> register -> warp -> stitch
+    detect -> match -> register -> warp -> refine -> stitch
 
-1. **detect** (``bundle.detect``): hematoxylin proposals (foreground above Otsu's and the local threshold, split by a
-   watershed), with the parameters calibrated on the bank's own cells (stored in the bank). A proposal whose nearest
-   archetype is less than ``min_similarity`` alike is dropped (the default 0 keeps all). Two proposals on one nucleus
+1. **detect**: the student's nuclei (``bundle.student``: its foreground split at valleys of its centre-ness); without
+   a student, hematoxylin proposals calibrated on the bank's own cells (``bundle.detect``). A detection whose nearest
+   archetype is less than ``min_similarity`` alike is dropped (the default 0 keeps all). Two detections on one nucleus
    are merged at stitching.
 2. **match** (``bundle.match``): every proposal to its nearest archetype, one matrix product.
 3. **register** (``bundle.register``): dihedral pre-alignment, then DiffeoMappingNet, batched over all cells.
-4. **warp**: the archetype's mask and orientation ramp go through the same field (MONAI ``Warp``).
-5. **stitch** (``bundle.stitch``): warped masks into one instance label map, overlaps resolved by confidence.
+4. **warp**: the archetype's mask and orientation ramp go through the same field (MONAI ``Warp``'s sampling).
+5. **refine** (``bundle.refine``, with a student): each warped shape is deformed once more, by a diffeomorphism fitted
+   to the student's foreground around the cell; the per-cell uncertainty is how far the registered shape was from it.
+6. **stitch** (``bundle.stitch``): warped masks into one instance label map, overlaps resolved by confidence.
 
 ``configs/inference.yaml`` runs it as ``dataset -> preprocessing -> inferer -> postprocessing``, and MONAI Label's
 ``BundleInferTask`` calls ``inferer(image, network_def)`` the same way: one image tensor in, the instance label map
@@ -79,6 +81,7 @@ class ArchetypeInferer(Inferer):
         self.student, self.student_path = student, student_path
         self.min_similarity, self.align, self.batch_size, self.compile = min_similarity, align, batch_size, compile
         self.archetypes = None
+        self.archetype_ids = None
         self.encoder = None
         self.bank_embeddings = None
         self.proposal_params = None
