@@ -118,10 +118,14 @@ def methods_in(r: dict) -> list[str]:
     return [m for m in METHODS if m == "ours" or m in r["baselines"]]
 
 
+def unseen_organs(r: dict) -> list[str]:
+    """The organs a whole-image result scored that its bank never drew from (none for an organ's own test tiles)."""
+    return [o for o in r.get("test_organs", []) if o and o.lower() != r["organ"].lower()]
+
+
 def tiles_of(r: dict) -> str:
-    """What a whole-image result scored: an organ's test tiles, or organs its bank never saw."""
-    unseen = [o for o in r.get("test_organs", []) if o and o.lower() != r["organ"].lower()]
-    return f"{' + '.join(unseen)} (organs no bank cell came from)" if unseen else r["organ"]
+    """What a whole-image result scored: an organ's test tiles, or organs its bank never saw ("Bladder + Brain")."""
+    return " + ".join(unseen_organs(r)) or r["organ"]
 
 
 def bar_of(r: dict) -> dict:
@@ -158,7 +162,8 @@ def annotate_section(files) -> list[str]:
         r = json.loads(f.read_text())
         if "baselines" not in r or "segmentation" not in r:
             continue
-        lines += [f"### {tiles_of(r)}: {r['n_tiles']} test tiles × seeds {', '.join(map(str, r['seeds']))}; bank "
+        unseen = " (organs no bank cell came from)" if unseen_organs(r) else ""
+        lines += [f"### {tiles_of(r)}{unseen}: {r['n_tiles']} test tiles × seeds {', '.join(map(str, r['seeds']))}; bank "
                   f"{r['n_bank']:.0f} cells ({r['fraction']:.0%} of the train cells of "
                   f"{'the organ' if r['organ'] != 'all' else 'every train organ'}); models: {r['models']}", "",
                   "mean ± sd over every (seed, tile). Ground-truth nuclei per tile: "
@@ -262,7 +267,7 @@ def figure(files, path: Path) -> Path | None:
             ax.bar([o + (i - (len(methods) - 1) / 2) * width for o in range(len(results))], means, width, yerr=sds,
                    capsize=2, label=name)
         ax.axhline(goal, color="k", ls="--", lw=1)
-        ax.set_xticks(range(len(results)), [tiles_of(r).split(" (")[0] for r in results])
+        ax.set_xticks(range(len(results)), [tiles_of(r) for r in results])
         ax.set_title(f"{title} (goal {goal:.2f})")
         ax.set_ylim(0, 1)
     axes[0].legend(fontsize=7, loc="lower left")
@@ -510,10 +515,10 @@ def headline_block(root: Path) -> str:
                     continue
                 b = method_block(r, name)
                 seg = [pm(b["segmentation"], k) if "segmentation" in b else "–" for k in ("dice_obj", "aji", "pq")]
-                lines.append(f"| {tiles_of(r).split(' (')[0]} | {name} | {pm(b['counting'], 'f1')} | " + " | ".join(seg)
+                lines.append(f"| {tiles_of(r)} | {name} | {pm(b['counting'], 'f1')} | " + " | ".join(seg)
                              + f" | {b['seconds_per_tile']:.2f} |")
             bar = bar_of(r)
-            lines.append(f"| {tiles_of(r).split(' (')[0]} | *bar* | " + " | ".join(
+            lines.append(f"| {tiles_of(r)} | *bar* | " + " | ".join(
                 f"{b:.3f} {'met' if v >= b else 'not met'}" for v, b in bar.values()) + " | |")
         lines += ["", "*bar*: count F1 ≥ the better of LoG and the watershed + .03; object Dice, AJI, PQ ≥ the watershed "
                   "+ .03. Bladder + Brain: organs no bank cell and no network saw. Quoted beside them, not measured "
@@ -586,7 +591,7 @@ def eval_metrics(eval_dir: Path) -> dict:
     metrics = {}
     for f in sorted(eval_dir.glob("annotate_*.json")):
         r = json.loads(f.read_text())
-        organ = tiles_of(r).split(" (")[0].replace(" + ", "_").lower()
+        organ = tiles_of(r).replace(" + ", "_").lower()
         metrics[f"{organ}_test_counting_f1"] = round(r["counting"]["f1"], 3)
         for key, name in (("dice_obj", "object_dice"), ("aji", "aji"), ("pq", "pq")):
             metrics[f"{organ}_test_{name}"] = round(r["segmentation"][key], 3)
