@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from skimage.draw import disk
 
-from bundle.student import MIN_PIECE, build_student, centre_ness, student_instances, student_maps, train_student
+from bundle.student import MARKER_HEIGHT, MIN_PIECE, build_student, centre_ness, student_instances, student_maps, train_student
 
 
 def two_touching_disks(shape=(64, 96)):
@@ -34,6 +34,22 @@ def test_instances_split_touching_nuclei_at_the_centre_ness_valley():
     instances = student_instances((labels > 0).astype(np.float32), centre_ness(labels))
     assert instances.max() == 2
     assert instances[32, 30] != instances[32, 52]
+
+
+def two_humped_centre(valley: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 20 x 40 px piece whose centre-ness has two maxima of 1 along its length, ``valley`` between them."""
+    foreground = np.zeros((40, 60), np.float32)
+    foreground[10:30, 10:50] = 1
+    cols = np.arange(60)
+    humps = valley + (1 - valley) * np.abs(np.sin((cols - 10) * np.pi / 20))  # 1 at cols 20 and 40
+    return foreground, (foreground * humps[None, :]).astype(np.float32)
+
+
+def test_a_nucleus_splits_only_where_its_centre_ness_valley_is_deep():
+    shallow = student_instances(*two_humped_centre(valley=1 - MARKER_HEIGHT / 2))
+    deep = student_instances(*two_humped_centre(valley=1 - 2 * MARKER_HEIGHT))
+    assert shallow.max() == 1  # a dent in one nucleus' centre-ness is not a second nucleus
+    assert deep.max() == 2 and deep[20, 20] != deep[20, 40]
 
 
 def test_a_piece_without_a_clear_centre_is_still_one_nucleus_and_specks_are_dropped():
