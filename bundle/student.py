@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
-from skimage.segmentation import find_boundaries, watershed
+from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 from tqdm.auto import tqdm
 
 from .fields import dihedral
@@ -157,7 +157,7 @@ def student_maps(network: torch.nn.Module, image: torch.Tensor) -> tuple[np.ndar
 
 
 def student_instances(foreground: np.ndarray, centre: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Nucleus instances (H, W) int32 of the student's maps: the foreground above ``threshold``, holes filled and
+    """Nucleus instances (H, W) int32, numbered 1..N, of the student's maps: the foreground above ``threshold``, holes filled and
     pieces under ``MIN_PIECE`` px dropped, split by a watershed of the negated centre-ness from its ``MARKER_HEIGHT``
     maxima; a piece with no such maximum is one nucleus."""
     mask = ndimage.binary_fill_holes(foreground > threshold)
@@ -182,4 +182,4 @@ def student_instances(foreground: np.ndarray, centre: np.ndarray, threshold: flo
         relabel = np.zeros(n + 1, np.int32)
         relabel[unmarked] = np.arange(n_markers + 1, n_markers + 1 + len(unmarked))
         labels = np.where(lonely, relabel[pieces], labels)
-    return labels.astype(np.int32)
+    return relabel_sequential(labels.astype(np.int32))[0]  # markers outside the mask left gaps in the numbering

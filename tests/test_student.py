@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from skimage.draw import disk
 
-from bundle.student import MARKER_HEIGHT, MIN_PIECE, build_student, centre_ness, student_instances, student_maps, train_student
+from bundle.student import (MARKER_HEIGHT, MIN_PIECE, build_student, centre_ness, student_instances, student_maps,
+                            train_student)
 
 
 def two_touching_disks(shape=(64, 96)):
@@ -50,6 +51,7 @@ def test_a_nucleus_splits_only_where_its_centre_ness_valley_is_deep():
     deep = student_instances(*two_humped_centre(valley=1 - 2 * MARKER_HEIGHT))
     assert shallow.max() == 1  # a dent in one nucleus' centre-ness is not a second nucleus
     assert deep.max() == 2 and deep[20, 20] != deep[20, 40]
+    assert set(np.unique(deep)) == {0, 1, 2}  # numbered 1..N, whatever markers were dropped
 
 
 def test_a_piece_without_a_clear_centre_is_still_one_nucleus_and_specks_are_dropped():
