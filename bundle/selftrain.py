@@ -84,10 +84,11 @@ def pseudo_labels(teacher: np.ndarray, pieces: np.ndarray, bank_cells: np.ndarra
     weight = (agreed | ~unsure).astype(np.float32)
     if bank_cells is not None and bank_cells.any():
         # the truth wins: pseudo-cells touching a bank cell are dropped (unlabelled), the bank cell and its ring pasted
-        touching = np.unique(instances[ndimage.binary_dilation(bank_cells > 0, iterations=BANK_RING)])
+        near = ndimage.binary_dilation(bank_cells > 0, iterations=BANK_RING)
+        touching = np.unique(instances[near])
         clash = np.isin(instances, touching[touching > 0])
         instances[clash], weight[clash] = 0, 0
-        ring = ndimage.binary_dilation(bank_cells > 0, iterations=BANK_RING) & (bank_cells == 0)
+        ring = near & (bank_cells == 0)
         instances[ring], weight[ring] = 0, 1
         cells = bank_cells > 0
         instances[cells] = bank_cells[cells] + int(instances.max())

@@ -81,7 +81,8 @@ def student_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     fg_loss = F.binary_cross_entropy_with_logits(logits[:, 0:1], fg, reduction="none")
     centre_weight = weight * fg
     centre_loss = F.binary_cross_entropy_with_logits(logits[:, 1:2], centre, reduction="none")
-    return (fg_loss * weight).sum() / weight.sum().clamp_min(1) + (centre_loss * centre_weight).sum() / centre_weight.sum().clamp_min(1)
+    return ((fg_loss * weight).sum() / weight.sum().clamp_min(1)
+            + (centre_loss * centre_weight).sum() / centre_weight.sum().clamp_min(1))
 
 
 def train_student(images: list[torch.Tensor], targets: list[torch.Tensor], iterations: int = 1500,
