@@ -15,8 +15,10 @@ Conventions
   1..N with no gaps.
 * Polygon vertices (Aperio XML ``<Vertex X= Y=>``, GeoJSON ``[x, y]``) are
   ``x = column``, ``y = row``, in pixels, rasterised with
-  :func:`skimage.draw.polygon` (a pixel belongs to a polygon when its centre is
-  inside it; no half-pixel shift is applied, as in the usual MoNuSeg tooling).
+  :func:`skimage.draw.polygon`: a pixel belongs to a polygon when its centre is
+  inside it. Aperio XML puts pixel centres on whole numbers, as the usual
+  MoNuSeg tooling does; GeoJSON is QuPath's grid, where pixel (row, col) is the
+  unit square from ``x = col, y = row``, its centre half a pixel further.
 * Overlapping polygons: regions are drawn in file order, so a later region
   paints over an earlier one.
 * Every failure a user can cause raises :class:`DataError`, whose message names
@@ -330,8 +332,8 @@ def _ring_mask(ring, shape, path) -> np.ndarray:
     if points.ndim != 2 or points.shape[1] < 2:
         raise DataError(f"{path}: polygon ring is not a list of [x, y] points (array shape {points.shape})")
     mask = np.zeros(shape, dtype=bool)
-    if len(points) >= 3:
-        mask[draw_polygon(points[:, 1], points[:, 0], shape)] = True
+    if len(points) >= 3:  # QuPath's pixel (row, col) has its centre at (col + 0.5, row + 0.5)
+        mask[draw_polygon(points[:, 1] - 0.5, points[:, 0] - 0.5, shape)] = True
     return mask
 
 

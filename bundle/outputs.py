@@ -3,7 +3,8 @@
 * ``<id>_labels.tif``: instance label map (uint16, or uint32 past 65,535 cells); opens in napari and QuPath;
 * ``<id>.geojson``: QuPath FeatureCollection, one feature per cell, classification "Nucleus", with measurements; its
   geometry covers exactly the cell's label pixels (a MultiPolygon where stitching left a cell in two pieces, with
-  holes where other cells cut into it);
+  holes where other cells cut into it), on QuPath's grid (pixel (row, col) is the unit square from x = col,
+  y = row); each feature's id is a UUID, as QuPath requires, and its label value is the measurement "Label";
 * ``<id>_cells.csv``: one row per cell (``stitch.CELL_COLUMNS``), id = label value;
 * ``<id>_overlay.png``: the image with cell contours and orientation ticks.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def write_outputs(annotation: Annotation, image: torch.Tensor, output_dir, image
     finals = [Path(output_dir) / name for name in output_names(image_id).values()]
     with written_atomically(*finals) as (labels, geojson, table, overlay):
         write_label_tiff(annotation.labels, labels)
-        write_geojson(annotation, geojson)
+        write_geojson(annotation, geojson, image_id)
         write_csv(annotation.cells, table)
         write_overlay(image, annotation, overlay)
     return finals
@@ -99,16 +101,18 @@ def _inside(point: np.ndarray, ring: np.ndarray) -> bool:
 
 def cell_geometries(labels: np.ndarray) -> dict[int, dict]:
     """The GeoJSON geometry of every label, by label: a ``Polygon`` for a cell in one piece, a ``MultiPolygon`` for
-    a cell in several, each piece with its holes. Coordinates are [x, y] = [column, row] (pixel centres).
+    a cell in several, each piece with its holes. Coordinates are QuPath's: [x, y] with pixel (row, col) the unit
+    square [col, col + 1) x [row, row + 1), so its centre is (col + 0.5, row + 0.5).
 
     Rings are traced at the 0.5 level of the cell's own mask (``find_contours``), so they run between the cell's
-    pixels and their neighbours: a pixel centre lies inside the geometry exactly when the pixel carries the label.
+    pixels and their neighbours: a pixel's centre lies inside the geometry exactly when the pixel carries the label.
     Each cell is traced inside its own bounding box (``regionprops``), so the cost follows the cells' area, not
     cells x image size.
     """
     geometries = {}
     for region in regionprops(labels):
-        r0, c0 = region.bbox[0] - 1, region.bbox[1] - 1
+        # find_contours works in pixel-centre coordinates: shift by the padding, the box, and half a pixel to QuPath's
+        r0, c0 = region.bbox[0] - 0.5, region.bbox[1] - 0.5
         # find_contours winds the rings around the cell's pixels one way (negative shoelace area in (row, col)) and
         # those around holes the other
         rings = [without_collinear_points(ring) for ring in find_contours(np.pad(region.image, 1).astype(np.float32), 0.5)]
@@ -143,7 +147,13 @@ def without_collinear_points(ring: np.ndarray) -> np.ndarray:
     return np.concatenate([kept, kept[:1]])
 
 
-def write_geojson(annotation: Annotation, path) -> None:
+def feature_id(image_id: str, label: int) -> str:
+    """The GeoJSON id of one cell: a UUID (QuPath replaces any other id), the same for the same image and label, so
+    that rerunning an image gives the same file."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:{int(label)}"))
+
+
+def write_geojson(annotation: Annotation, path, image_id: str) -> None:
     geometries = cell_geometries(annotation.labels)
     features = []
     for row in zip(*(annotation.cells[k] for k in CELL_COLUMNS)):
@@ -153,12 +163,13 @@ def write_geojson(annotation: Annotation, path) -> None:
             continue
         features.append({
             "type": "Feature",
-            "id": str(cell["id"]),
+            "id": feature_id(image_id, cell["id"]),
             "geometry": geometry,
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": "Nucleus", "color": NUCLEUS_COLOUR},
                 "measurements": {
+                    "Label": cell["id"],  # the label map's value and the CSV's id
                     "Area px^2": cell["area"],
                     "Orientation deg": round(cell["orientation_deg"], 2),
                     "Match distance": round(cell["match_distance"], 4),

@@ -137,6 +137,14 @@ def test_network_def_passes_the_model_zoo_shape_check():
                       config_file=str(ROOT / "configs" / "inference.yaml"), bundle_root=str(ROOT), device="cpu")
 
 
+@pytest.mark.parametrize("device", ["cpu", "$torch.device('cpu')"])
+def test_the_inference_config_takes_the_device_as_a_string_as_monai_label_passes_it(device):
+    parser = ConfigParser(ConfigParser.load_config_file(str(ROOT / "configs" / "inference.yaml")))
+    parser.update({"bundle_root": str(ROOT), "device": device})
+    assert parser.get_parsed_content("batch_size") == 32
+    assert next(parser.get_parsed_content("network").parameters()).device.type == "cpu"
+
+
 def test_shipped_files_are_under_the_model_zoo_limit_and_load_weights_only():
     for path in (ROOT / "models").iterdir():
         assert path.stat().st_size < 25 * 1024 * 1024, path

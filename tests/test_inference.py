@@ -62,12 +62,12 @@ def test_the_geojson_has_one_nucleus_feature_per_label(sample_outputs):
     labels = read_labels(sample_outputs)
     geo = json.loads((sample_outputs / f"{SAMPLE_ID}.geojson").read_text())
     assert geo["type"] == "FeatureCollection"
-    assert sorted(int(f["id"]) for f in geo["features"]) == list(range(1, labels.max() + 1))
+    assert sorted(f["properties"]["measurements"]["Label"] for f in geo["features"]) == list(range(1, labels.max() + 1))
     for feature in geo["features"]:
         assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
         assert feature["properties"]["classification"]["name"] == "Nucleus"
-        assert feature["properties"]["measurements"]["Area px^2"] == (labels == int(feature["id"])).sum()
         measurements = feature["properties"]["measurements"]
+        assert measurements["Area px^2"] == (labels == measurements["Label"]).sum()
         assert {"Orientation deg", "Match distance", "Archetype id", "Folded pixels %", "Uncertainty"} <= set(measurements)
         assert 0 <= measurements["Uncertainty"] <= 1
 

@@ -103,13 +103,14 @@ def test_geojson_polygons_drop_only_points_on_straight_runs():
 
 
 def rasterised(geometry: dict, shape) -> np.ndarray:
-    """The pixels whose centres lie inside a GeoJSON Polygon or MultiPolygon ([x, y] = [column, row]), holes cut out."""
+    """The pixels whose centres lie inside a GeoJSON Polygon or MultiPolygon, holes cut out. QuPath's grid: pixel
+    (row, col) is the unit square from [x, y] = [col, row], so its centre is at [col + 0.5, row + 0.5]."""
     polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
     inside = np.zeros(shape, bool)
     for outer, *holes in polygons:
         for ring, value in [(outer, True)] + [(hole, False) for hole in holes]:
             x, y = np.asarray(ring, float).T
-            rr, cc = draw_polygon(y, x, shape)
+            rr, cc = draw_polygon(y - 0.5, x - 0.5, shape)
             inside[rr, cc] = value
     return inside
 
@@ -128,6 +129,40 @@ def test_every_cell_geometry_covers_exactly_its_label_pixels():
     assert geometries[3]["type"] == "Polygon" and len(geometries[3]["coordinates"]) == 2  # outer ring and the hole
     for label, geometry in geometries.items():
         assert np.array_equal(rasterised(geometry, labels.shape), labels == label), label
+
+
+def test_geometries_sit_on_qupaths_pixel_grid():
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 5:20] = 1  # rows 5..14, columns 5..19: the square x in [5, 20], y in [5, 15] on QuPath's grid
+    x, y = np.asarray(cell_geometries(labels)[1]["coordinates"][0]).T
+    assert (x.min(), x.max(), y.min(), y.max()) == (5, 20, 5, 15)
+
+
+def test_the_written_geojson_reads_back_as_the_same_label_map(tmp_path):
+    from bundle.data import read_qupath_geojson
+
+    labels = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 12) ** 2 + (xx - 14) ** 2 <= 40] = 1
+    labels[20:33, 30:37] = 2
+    labels[(yy - 25) ** 2 + (xx - 48) ** 2 <= 20] = 3
+    write_outputs(annotation_of(labels), torch.rand(3, 40, 60), tmp_path, "img")
+    assert np.array_equal(read_qupath_geojson(tmp_path / "img.geojson", labels.shape), labels)
+
+
+def test_each_feature_has_a_stable_uuid_and_its_label_as_a_measurement(tmp_path):
+    import uuid
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 2
+    features = []
+    for run in ("a", "b"):
+        write_outputs(annotation_of(labels), torch.rand(3, 20, 20), tmp_path / run, "img")
+        features.append(json.loads((tmp_path / run / "img.geojson").read_text())["features"])
+    ids = [feature["id"] for feature in features[0]]
+    assert all(str(uuid.UUID(i)) == i for i in ids) and len(set(ids)) == 2  # QuPath keeps only UUIDs
+    assert ids == [feature["id"] for feature in features[1]]  # rerunning an image gives the same file
+    assert [feature["properties"]["measurements"]["Label"] for feature in features[0]] == [1, 2]
 
 
 def test_two_pieces_that_touch_only_at_a_corner_are_both_kept():
