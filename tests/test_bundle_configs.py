@@ -145,6 +145,15 @@ def test_the_inference_config_takes_the_device_as_a_string_as_monai_label_passes
     assert next(parser.get_parsed_content("network").parameters()).device.type == "cpu"
 
 
+def test_large_files_yml_lists_every_shipped_model_file_with_its_hash():
+    from monai.apps.utils import check_hash
+
+    listed = ConfigParser.load_config_file(str(ROOT / "large_files.yml"))["large_files"]
+    assert sorted(entry["path"] for entry in listed) == sorted(f"models/{p.name}" for p in (ROOT / "models").glob("*.pt"))
+    for entry in listed:
+        assert check_hash(ROOT / entry["path"], entry["hash_val"], entry["hash_type"]), f"{entry['path']} changed"
+
+
 def test_shipped_files_are_under_the_model_zoo_limit_and_load_weights_only():
     for path in (ROOT / "models").iterdir():
         assert path.stat().st_size < 25 * 1024 * 1024, path
@@ -186,7 +195,8 @@ def test_the_shipped_student_was_made_with_the_selftrain_configs_defaults():
 
     config = selftrain_config()
     expected = {"rounds": config["rounds"], "iterations": config["iterations"], "seed": config["seed"],
-                "agreement": selftrain.AGREEMENT, "margin": selftrain.MARGIN, "bank_ring": selftrain.BANK_RING}
+                "agreement": selftrain.AGREEMENT, "margin": selftrain.MARGIN, "bank_ring": selftrain.BANK_RING,
+                "outline": selftrain.OUTLINE}
     assert recipe_of(ROOT / "models" / "student.pt") == expected
 
 
