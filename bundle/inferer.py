@@ -21,6 +21,7 @@ out, with the per-cell table in its metadata (``CELLS_KEY``) for the postprocess
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 from pathlib import Path
 
@@ -76,6 +77,15 @@ class ArchetypeInferer(Inferer):
                  student_path=None, min_similarity: float = 0.0, align: str | None = "mi", batch_size: int = 32,
                  compile: bool = False, refine: bool = True):
         super().__init__()
+        # settings are checked before any file is read or image annotated: a typo must not cost a whole run
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise DataError(f"batch_size: must be a whole number of cells, at least 1; got {batch_size!r}")
+        try:
+            min_similarity = float(min_similarity)
+        except (TypeError, ValueError):
+            raise DataError(f"min_similarity: must be a number between -1 and 1; got {min_similarity!r}") from None
+        if not -1.0 <= min_similarity <= 1.0:  # a cosine similarity: above 1 no detection could be a cell
+            raise DataError(f"min_similarity: must be between -1 and 1 (0 keeps every detection); got {min_similarity}")
         self.refine = refine
         self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
         self.student, self.student_path = student, student_path

@@ -13,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from ignite.engine import Events
 from tqdm.auto import tqdm
 
 from .data import DataError, image_id_of
 from .stitch import CELLS_KEY
 
-__all__ = ["one_line_errors", "error_line", "AnnotationProgress"]
+__all__ = ["one_line_errors", "error_line", "check_device", "AnnotationProgress"]
 
 
 def error_line(error: BaseException) -> str | None:
@@ -49,6 +50,22 @@ def one_line_errors() -> None:
 
     hook.one_line_errors = True
     sys.excepthook = hook
+
+
+def check_device(device) -> torch.device:
+    """The device a config asks for (``--device``), refused with one line when this machine cannot give it. The
+    configs call it in ``initialize``, before any weights are moved or any image is read."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DataError(f"device: {device!r} is not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"device: {device} was asked for, but torch sees no CUDA GPU here; leave --device out to "
+                            "run on the CPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DataError(f"device: {device} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 class AnnotationProgress:

@@ -34,7 +34,7 @@ SAMPLE_F1_FLOOR = 0.70
 def run_inference(**overrides) -> ConfigWorkflow:
     """The config run in-process as `python -m monai.bundle run` runs it: initialize, then run."""
     workflow = ConfigWorkflow(config_file=str(CONFIG), workflow_type=None, bundle_root=str(ROOT),
-                              device="$torch.device('cpu')", **overrides)
+                              **{"device": "$torch.device('cpu')", **overrides})
     workflow.initialize()
     workflow.run()
     return workflow
@@ -137,12 +137,16 @@ def bad_input_cases(tmp_path):
         "checkpoint that does not match": ({"mapping_path": str(tmp_path / "wrong.pt")}, "wrong.pt"),
         "text file as the encoder's checkpoint": ({"invariant_path": str(tmp_path / "text.pt")}, "text.pt"),
         "output folder that is a file": ({"output_dir": str(tmp_path / "a_file")}, "a_file"),
+        "batch size of zero": ({"batch_size": 0}, "batch_size"),
+        "text as the similarity threshold": ({"min_similarity": "high"}, "min_similarity"),
+        "similarity threshold no cosine reaches": ({"min_similarity": 2.0}, "min_similarity"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing folder", "image smaller than a patch", "unreadable image", "empty bank",
                                   "checkpoint that does not match", "text file as the encoder's checkpoint",
-                                  "output folder that is a file"])
+                                  "output folder that is a file", "batch size of zero", "text as the similarity threshold",
+                                  "similarity threshold no cosine reaches"])
 def test_bad_input_is_one_line_naming_the_file_and_leaves_no_outputs(tmp_path, case):
     overrides, name = bad_input_cases(tmp_path)[case]
     out = overrides.get("output_dir", str(tmp_path / "out"))
@@ -151,6 +155,24 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_no_outputs(tmp_path, c
     line = error_line(raised.value)
     assert line is not None and line.startswith("error: ") and name in line and "\n" not in line
     assert not Path(out).is_dir() or not any(Path(out).iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_gpu_on_a_machine_without_one_is_one_line_before_any_work(tmp_path):
+    with pytest.raises(Exception) as raised:
+        run_inference(output_dir=str(tmp_path / "out"), device="cuda")
+    line = error_line(raised.value)
+    assert line is not None and line.startswith("error: device: cuda") and "--device" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_device_torch_does_not_know_is_one_line():
+    from bundle.data import DataError
+    from bundle.workflow import check_device
+
+    with pytest.raises(DataError, match="not a device torch knows"):
+        check_device("gpu0")
+    assert check_device("cpu") == torch.device("cpu")
 
 
 @pytest.mark.slow
