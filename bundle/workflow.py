@@ -9,6 +9,7 @@ a bug to report, not a mistake of the user's.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,15 @@ def one_line_errors() -> None:
 
     hook.one_line_errors = True
     sys.excepthook = hook
+    # ignite logs "... terminating due to exception" at ERROR, from inside its except block, before the error reaches
+    # the hook: for a user's mistake that would be two more lines than the one promised
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_about_a_user_error)
+
+
+def not_about_a_user_error(record: logging.LogRecord) -> bool:
+    """Logging filter: drop a record logged while a ``DataError`` (or an error it caused) is being handled."""
+    return record.levelno < logging.ERROR or error_line(sys.exc_info()[1]) is None
 
 
 def check_device(device) -> torch.device:

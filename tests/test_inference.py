@@ -157,6 +157,39 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_no_outputs(tmp_path, c
     assert not Path(out).is_dir() or not any(Path(out).iterdir())
 
 
+def test_an_error_log_about_a_users_mistake_is_dropped_and_one_about_a_bug_kept():
+    import logging
+
+    from bundle.data import DataError
+    from bundle.workflow import not_about_a_user_error
+
+    record = logging.LogRecord("ignite", logging.ERROR, __file__, 1, "run is terminating due to exception", None, None)
+    try:
+        try:
+            raise DataError("cut.png: cannot read image")
+        except DataError as err:
+            raise RuntimeError("applying transform") from err
+    except RuntimeError:
+        assert not not_about_a_user_error(record)
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        assert not_about_a_user_error(record)
+
+
+@pytest.mark.slow
+def test_an_error_inside_the_annotation_loop_is_still_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(ROOT),
+         "--output_dir", str(tmp_path / "a_file")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert " - ERROR - " not in result.stdout + result.stderr  # ignite's own log lines about it (they go to stdout)
+    assert [line for line in result.stderr.splitlines() if "error: " in line][-1].endswith(
+        f"error: {tmp_path / 'a_file'}: cannot write there (File exists)")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_asking_for_a_gpu_on_a_machine_without_one_is_one_line_before_any_work(tmp_path):
     with pytest.raises(Exception) as raised:
