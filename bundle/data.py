@@ -43,6 +43,7 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -161,18 +162,43 @@ def _read_with_nibabel(path: pathlib.Path) -> np.ndarray:
     return np.array(array)
 
 
+@contextmanager
+def _native_stderr_kept(lines: list):
+    """Collect what C libraries write to file descriptor 2 (libtiff's warnings through ITK) into ``lines`` instead of
+    the terminal: a damaged file must end in one line, not in a page of libtiff chatter."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a detached process): nothing to keep off the terminal
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
 def _read_array(path) -> np.ndarray:
     """Any supported file -> numpy array (H, W) or (H, W, C), native dtype."""
     path = _existing_file(path)
+    native = []
     try:
         if _suffix(path) in NIFTI_SUFFIXES:
             array = _read_with_nibabel(path)
         else:
-            array = _read_with_itk(path)
+            with _native_stderr_kept(native):
+                array = _read_with_itk(path)
     except DataError:
         raise
     except Exception as err:  # ITK, PIL and nibabel raise many unrelated types
-        raise DataError(f"{path}: cannot read image ({in_one_line(err, last=True)})") from err
+        # libtiff's last word says what is wrong with the file better than ITK's ("Problem reading the row: 0")
+        reason = native[-1] if native else in_one_line(err, last=True)
+        raise DataError(f"{path}: cannot read image ({reason})") from err
     if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
         raise DataError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
     return array

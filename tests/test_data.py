@@ -159,6 +159,20 @@ def test_truncated_png_is_a_data_error_naming_the_file(tmp_path):
         read_image(path)
 
 
+def test_a_truncated_tiff_is_one_line_with_libtiffs_reason_and_no_chatter_on_stderr(tmp_path, capfd):
+    import tifffile
+
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as raised:
+        read_image(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: cannot read image") and "\n" not in message and "Read error" in message
+    assert "TIFF" not in capfd.readouterr().err  # libtiff's warnings went into the message, not onto the terminal
+
+
 # --------------------------------------------------------------------------- Aperio XML
 
 
