@@ -37,6 +37,11 @@ def error_line(error: BaseException) -> str | None:
 
 def one_line_errors() -> None:
     """Report uncaught ``DataError`` as one line on stderr and exit 1 (``sys.excepthook``); others as usual."""
+    # ignite logs "... terminating due to exception" at ERROR, from inside its except block, before the error reaches
+    # the hook: for a user's mistake that would be two more lines than the one promised. Added on every call: a second
+    # config run in one process may have new handlers (addFilter skips a filter a handler has already)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(not_about_a_user_error)
     default = sys.excepthook
     if getattr(default, "one_line_errors", False):  # installed already (a second config run in one process)
         return
@@ -51,10 +56,6 @@ def one_line_errors() -> None:
 
     hook.one_line_errors = True
     sys.excepthook = hook
-    # ignite logs "... terminating due to exception" at ERROR, from inside its except block, before the error reaches
-    # the hook: for a user's mistake that would be two more lines than the one promised
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(not_about_a_user_error)
 
 
 def not_about_a_user_error(record: logging.LogRecord) -> bool:
