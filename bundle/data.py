@@ -59,6 +59,7 @@ __all__ = [
     "ReadImaged",
     "image_id_of",
     "Sample",
+    "image_datalist",
     "list_dataset",
     "load_sample",
     "read_aperio_xml",
@@ -474,6 +475,11 @@ def _read_organs_csv(path: pathlib.Path) -> tuple[dict[str, dict[str, str | None
         for row in rows
     }
     return table, "official_split" in columns
+
+
+def image_datalist(root) -> list[dict]:
+    """``[{"image": path}, ...]`` of a dataset folder's images (``list_dataset``): the inference config's datalist."""
+    return [{"image": str(sample.image_path)} for sample in list_dataset(root)]
 
 
 def list_dataset(root, split=None, organ=None) -> list[Sample]:

@@ -1,6 +1,10 @@
 """The bundle's configs: metadata that validates against MONAI's schema, configs that parse and build."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -127,6 +131,62 @@ def test_the_multi_gpu_overlay_merges_over_a_training_config():
     assert parser["network"]["_target_"].endswith("DistributedDataParallel")
     assert parser["train#dataloader#sampler"] == "@train#sampler"
     assert parser["train#dataloader#dataset"] == "@train#dataset"  # the overlay changes keys, not the whole section
+
+
+def test_the_multi_gpu_overlay_keeps_every_initialize_step_of_the_training_config():
+    base, overlay = ConfigParser(), ConfigParser()
+    base.read_config([str(ROOT / "configs" / name) for name in TRAIN["invariant"]])
+    overlay.read_config([str(ROOT / "configs" / name) for name in TRAIN["invariant"] + ["multi_gpu_train.yaml"]])
+    # an overlay replaces a list whole: a step it forgets (the device check, --pretrained) would silently not run
+    steps = [step if isinstance(step, str) else step["_target_"] for step in overlay["initialize"]]
+    for step in base["initialize"]:
+        name = step if isinstance(step, str) else step["_target_"]
+        assert name in steps or name.replace("(seed=@seed)", "(seed=@seed + dist.get_rank())") in steps, name
+
+
+@pytest.mark.slow
+def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_dataset, tmp_path):
+    from bundle.bank import build_bank, save_bank
+    from bundle.checkpoint import recipe_of
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+    configs = [str(ROOT / "configs" / name) for name in TRAIN["invariant"] + ["multi_gpu_train.yaml"]]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+         "-m", "monai.bundle", "run", "--config_file", str(configs), "--bundle_root", str(ROOT),
+         "--bank_path", str(bank), "--ckpt_dir", str(tmp_path / "run"), "--cells_per_batch", "8",
+         "--val_interval", "1", "--train#trainer#max_epochs", "1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    # rank 0 alone saves, and what it saves is the bare network's weights, loadable without DDP
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint_epoch=1.pt", "model.pt"]
+    assert recipe_of(tmp_path / "run" / "model.pt")["max_epochs"] == 1
+    network = training_config("invariant").get_parsed_content("network_def")
+    from bundle.checkpoint import load_weights
+
+    load_weights(network, tmp_path / "run" / "model.pt")
+
+
+@pytest.mark.slow
+def test_a_copied_bundle_runs_from_another_folder_without_being_installed(tmp_path):
+    # as a bundle from the model zoo arrives: a folder, not a pip-installed package, run from wherever the user is
+    copy = tmp_path / "diffkillr"
+    for part in ["bundle", "configs", "models", "docs"]:
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    hide_the_installed_package = (
+        "import sys, importlib.util, runpy; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]; "
+        f"sys.path[:] = [p for p in sys.path if p not in ('', {str(ROOT)!r})]; "
+        "assert importlib.util.find_spec('bundle') is None, 'the installed package is still importable'; "
+        "sys.argv[0] = 'monai.bundle'; runpy.run_module('monai.bundle', run_name='__main__')")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", hide_the_installed_package, "run", "--config_file",
+         str(copy / "configs" / "inference.yaml"), "--bundle_root", str(copy)],
+        capture_output=True, text=True, cwd=elsewhere, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((copy / "outputs").glob("*.geojson"))) == len(list((copy / "docs" / "sample" / "images").iterdir()))
 
 
 def test_network_def_passes_the_model_zoo_shape_check():
