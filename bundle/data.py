@@ -63,6 +63,7 @@ __all__ = [
     "list_dataset",
     "load_sample",
     "read_aperio_xml",
+    "read_asap_xml",
     "read_image",
     "read_instances",
     "read_qupath_geojson",
@@ -267,6 +268,8 @@ def read_instances(path, shape=None) -> np.ndarray:
     path = pathlib.Path(path)
     suffix = _suffix(path)
     if suffix == ".xml":
+        if _xml_root_tag(path) == "ASAP_Annotations":
+            return read_asap_xml(path, _check_shape(shape, path))
         return read_aperio_xml(path, _check_shape(shape, path))[0]
     if suffix in (".geojson", ".json"):
         return read_qupath_geojson(path, _check_shape(shape, path))
@@ -302,6 +305,54 @@ def read_instances(path, shape=None) -> np.ndarray:
     if array.min() < 0:
         raise DataError(f"{path}: label image has negative values (min {array.min()})")
     return _consecutive(array)
+
+
+def _xml_root_tag(path) -> str:
+    """The tag of an XML file's root element, read without parsing the rest."""
+    path = _existing_file(path)
+    try:
+        for _, element in ET.iterparse(path, events=("start",)):
+            return element.tag
+    except ET.ParseError as err:
+        raise DataError(f"{path}: malformed XML ({err})") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read file ({err})") from err
+    return ""
+
+
+# ASAP annotation types that outline an area; a Rectangle is the region a QuPath user ran inference on, a Polyline or
+# Points outline nothing
+ASAP_AREA_TYPES = ("Polygon", "Ellipse", "Area", "Geometry")
+
+
+def read_asap_xml(path, shape) -> np.ndarray:
+    """Rasterise an ASAP XML (what QuPath's MONAI Label extension submits as a label) into ``labels int32 (H, W)``.
+
+    Each ``<Annotation>`` of an area type (``ASAP_AREA_TYPES``) is one instance, its outline the ``<Coordinate X=..
+    Y=..>`` list on QuPath's grid (pixel (row, col) is the unit square from x = col, y = row: its centre is at
+    (col + 0.5, row + 0.5)). As for the other formats, later annotations are drawn over earlier ones and ids are
+    consecutive in drawing order.
+    """
+    path = _existing_file(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"{path}: malformed XML ({err})") from err
+    labels = np.zeros(shape, dtype=np.int32)
+    next_id = 1
+    for index, annotation in enumerate(root.iter("Annotation")):
+        if annotation.get("Type", "Polygon") not in ASAP_AREA_TYPES:
+            continue
+        coordinates = annotation.findall("./Coordinates/Coordinate")
+        try:
+            ring = [[float(c.attrib["X"]), float(c.attrib["Y"])] for c in coordinates]
+        except (KeyError, ValueError) as err:
+            raise DataError(f"{path}: annotation #{index} has a coordinate without a numeric X/Y ({err!r})") from err
+        mask = _ring_mask(ring, shape, path)
+        if mask.any():
+            labels[mask] = next_id
+            next_id += 1
+    return _consecutive(labels)
 
 
 def read_aperio_xml(path, shape) -> tuple[np.ndarray, int]:

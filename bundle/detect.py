@@ -23,7 +23,7 @@ from skimage.morphology import disk, opening, remove_small_objects
 from skimage.segmentation import watershed
 from tqdm.auto import tqdm
 
-from .data import list_dataset, load_sample
+from .data import list_dataset, read_image
 from .patches import crop_patches
 
 
@@ -145,7 +145,7 @@ def calibrate_proposals(bank: dict, dataset_dir, progress: bool = True) -> dict:
     hits = [[] for _ in points]
     n_proposals = [0 for _ in points]
     for sample in tqdm(samples, desc="calibrating proposals on the bank", unit="image", disable=not progress):
-        image, _ = load_sample(sample)
+        image = read_image(sample.image_path)  # the bank holds the cells: the image is all that is read
         stain = stain_of(image)
         cells = np.flatnonzero(image_ids == sample.image_id)
         masks = bank["masks"][cells].bool()  # (n, 1, S, S)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ from skimage.segmentation import find_boundaries
 from .data import image_id_of, written_atomically
 from .stitch import CELL_COLUMNS, CELLS_KEY, Annotation, cells_from_tensor
 
-__all__ = ["SaveAnnotationd", "write_outputs", "cell_geometries", "output_names"]
+__all__ = ["SaveAnnotationd", "write_outputs", "cell_geometries", "output_names", "cell_records", "write_asap_xml"]
 
+NUCLEUS = "Nucleus"  # the class QuPath gives every cell
 NUCLEUS_COLOUR = [200, 0, 0]
 
 
@@ -167,7 +169,7 @@ def write_geojson(annotation: Annotation, path, image_id: str) -> None:
             "geometry": geometry,
             "properties": {
                 "objectType": "detection",
-                "classification": {"name": "Nucleus", "color": NUCLEUS_COLOUR},
+                "classification": {"name": NUCLEUS, "color": NUCLEUS_COLOUR},
                 "measurements": {
                     "Label": cell["id"],  # the label map's value and the CSV's id
                     "Area px^2": cell["area"],
@@ -180,6 +182,51 @@ def write_geojson(annotation: Annotation, path, image_id: str) -> None:
             },
         })
     Path(path).write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def cell_records(annotation: Annotation, offset=(0, 0)) -> list[dict]:
+    """Every cell as JSON: its label, outline (QuPath's grid: [x, y] pairs, offset by the region's corner), centroid
+    and measurements, the same as the GeoJSON and CSV outputs carry."""
+    x0, y0 = offset
+    geometries = cell_geometries(annotation.labels)
+    records = []
+    for row in zip(*(annotation.cells[k] for k in CELL_COLUMNS)):
+        cell = dict(zip(CELL_COLUMNS, row))
+        geometry = geometries.get(cell["id"])
+        if geometry is None:
+            continue
+        pieces = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+        records.append({
+            "label": cell["id"],
+            "outlines": [[[x + x0, y + y0] for x, y in piece[0]] for piece in pieces],  # outer rings, holes left out
+            "centroid": [cell["centroid_col"] + 0.5 + x0, cell["centroid_row"] + 0.5 + y0],
+            "area_px": cell["area"],
+            "orientation_deg": round(cell["orientation_deg"], 2),
+            "match_distance": round(cell["match_distance"], 4),
+            "archetype_id": cell["archetype_id"],
+            "folded_pct": round(cell["folded_pct"], 3),
+            "uncertainty": None if np.isnan(cell["uncertainty"]) else round(cell["uncertainty"], 4),
+        })
+    return records
+
+
+def write_asap_xml(cells: list[dict], path, region) -> None:
+    """The cells as ASAP XML, which QuPath's MONAI Label extension turns into one polygon annotation of class
+    ``NUCLEUS`` per ``<Annotation>`` (a cell stitched into pieces gives one per piece)."""
+    root = ET.Element("ASAP_Annotations")
+    x, y, w, h = region
+    annotations = ET.SubElement(root, "Annotations", Name="DiffKillR", X=str(x), Y=str(y), W=str(w), H=str(h))
+    colour = "#{:02X}{:02X}{:02X}".format(*NUCLEUS_COLOUR)
+    for cell in cells:
+        for outline in cell["outlines"]:
+            annotation = ET.SubElement(annotations, "Annotation", Name=NUCLEUS, Type="Polygon", PartOfGroup=NUCLEUS,
+                                       Color=colour)
+            coordinates = ET.SubElement(annotation, "Coordinates")
+            for order, (px, py) in enumerate(outline[:-1]):  # the ring's closing point repeats its first
+                ET.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{px:g}", Y=f"{py:g}")
+    groups = ET.SubElement(root, "AnnotationGroups")
+    ET.SubElement(ET.SubElement(groups, "Group", Name=NUCLEUS, PartOfGroup="None", Color=colour), "Attributes")
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
 def write_csv(cells: dict, path) -> None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .patches import orientation_from_ramp
+from skimage.measure import regionprops
+
+from .patches import orientation_from_ramp, principal_angle
 
 # the per-cell table of an annotation, one row per label (id = label value)
 CELL_COLUMNS = ("id", "centroid_row", "centroid_col", "area", "orientation_deg", "match_distance", "archetype_id",
@@ -112,6 +114,46 @@ class Annotation:
     seconds: dict = field(default_factory=dict)
     n_proposals: int = 0
     n_duplicates: int = 0
+
+
+def with_corrections(annotation: Annotation, corrected: np.ndarray) -> Annotation:
+    """The annotation with a user's own cells put in: ``corrected`` (H, W) holds them as instances, 0 elsewhere.
+
+    A user's cell is the truth where it lies. A found cell that has half or more of its pixels under corrected cells
+    is the same nucleus and is dropped; one that only touches them keeps its other pixels. Found cells keep their
+    order and come first (ids 1..K), the corrected cells follow. Their rows: area, centroid and orientation measured
+    from their masks, match distance 0, archetype id -1 (drawn by the user, not matched), folded 0, uncertainty 0.
+    """
+    labels, n = annotation.labels, int(annotation.labels.max())
+    under = np.bincount(labels[corrected > 0], minlength=n + 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = np.flatnonzero((under < 0.5 * area) & (area > 0))
+    keep = keep[keep > 0]
+    renumber = np.zeros(n + 1, np.int32)
+    renumber[keep] = np.arange(1, len(keep) + 1)
+    merged = np.where(corrected > 0, 0, renumber[labels])
+    drawn = regionprops(corrected.astype(np.int32))
+    for new_id, region in enumerate(drawn, start=len(keep) + 1):
+        r0, c0, r1, c1 = region.bbox
+        merged[r0:r1, c0:c1][region.image] = new_id
+    cells = {k: [annotation.cells[k][i - 1] for i in keep] for k in CELL_COLUMNS}
+    masks = [torch.from_numpy(region.image.astype(np.float32))[None, None] for region in drawn]
+    for region, mask in zip(drawn, masks):
+        cells["orientation_deg"].append(float(principal_angle(mask)[0]))
+        cells["match_distance"].append(0.0)
+        cells["archetype_id"].append(-1)
+        cells["folded_pct"].append(0.0)
+        cells["uncertainty"].append(0.0)
+    # areas and centroids from the merged map: a found cell may have lost pixels to a corrected one
+    total = len(keep) + len(drawn)
+    flat = merged.ravel()
+    rows, cols = np.divmod(np.arange(flat.size), merged.shape[1])
+    area = np.bincount(flat, minlength=total + 1)[1:]
+    with np.errstate(invalid="ignore"):
+        cells["centroid_row"] = (np.bincount(flat, rows, minlength=total + 1)[1:] / area).tolist()
+        cells["centroid_col"] = (np.bincount(flat, cols, minlength=total + 1)[1:] / area).tolist()
+    cells["area"], cells["id"] = area.tolist(), list(range(1, total + 1))
+    return Annotation(merged, cells, annotation.seconds, annotation.n_proposals, annotation.n_duplicates)
 
 
 def cells_to_tensor(cells: dict) -> torch.Tensor:

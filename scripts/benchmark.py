@@ -8,15 +8,13 @@ in ``bundle.benchmarks``, this is their command line.
 * ``annotate``: whole test images, ours against the baselines (``bundle.benchmarks.whole_image``);
 * ``matching``: DiffeoInvariantNet, the paper's Table I (``bundle.benchmarks.matching``);
 * ``registration``: DiffeoMappingNet against demons and ANTs, and on synthetic shapes (``bundle.benchmarks.registration``);
-* ``speed``: inference settings compared in one process (``bundle.benchmarks.speed``);
-* ``tune-baselines``: the label-free baselines' parameters from grids on the train tiles (``bundle.benchmarks.tuning``);
-* ``sizes``: how large the nuclei are (``bundle.benchmarks.sizes``).
+* ``speed``, ``serve``: inference settings compared in one process; the MONAI Label app against the workflow it serves
+  (``bundle.benchmarks.speed``, ``bundle.benchmarks.serve_latency``);
+* ``tune-baselines``, ``sizes``: the label-free baselines' parameters from grids on the train tiles; how large the
+  nuclei are (``bundle.benchmarks.tuning``, ``bundle.benchmarks.sizes``).
 
 Trained networks are kept under ``--work-dir`` per (organ, fraction, seed) and reused by later runs unless
-``--retrain``; ``--checkpoint`` / ``--mapping-checkpoint`` use given weights instead.
-"""
-
-from __future__ import annotations
+``--retrain``; ``--checkpoint`` / ``--mapping-checkpoint`` use given weights instead."""
 
 import argparse
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bundle.benchmarks import matching, registration, sizes, speed, tuning, whole_image
+from bundle.benchmarks import matching, registration, serve_latency, sizes, speed, tuning, whole_image
 from bundle.benchmarks.protocol import ROOT, Setting, write_json
 from bundle.data import DataError
 
@@ -59,22 +57,23 @@ def run(args) -> dict:
         result = tuning.run(args.data_dir)
         tuning.print_summary(result)
         return result
-    if args.command == "speed":
-        result = speed.run(args.data_dir, organ=args.organ, split=args.split, repeats=args.repeats, device=args.device)
-        speed.print_summary(result)
+    if args.command in ("speed", "serve"):
+        module = speed if args.command == "speed" else serve_latency
+        result = module.run(args.data_dir, organ=args.organ, split=args.split, repeats=args.repeats, device=args.device)
+        module.print_summary(result)
         return result
-    setting = setting_of(args)
     if args.command == "annotate":
-        result = whole_image.run(setting, seeds_of(args), args.unet_iterations, args.methods)
+        result = whole_image.run(setting_of(args), seeds_of(args), args.unet_iterations, args.methods)
         whole_image.print_summary(result)
     elif args.command == "matching":
         result = matching.summarise([
-            matching.run_seed(setting, seed, args.views, args.gallery_size, args.checkpoint, invariant_training(args))
+            matching.run_seed(setting_of(args), seed, args.views, args.gallery_size, args.checkpoint,
+                              invariant_training(args))
             for seed in seeds_of(args)])
         matching.print_table(result)
     else:
         result = registration.summarise([
-            registration.run_seed(setting, seed, args.max_pairs, args.synthetic_pairs, args.checkpoint,
+            registration.run_seed(setting_of(args), seed, args.max_pairs, args.synthetic_pairs, args.checkpoint,
                                   args.mapping_checkpoint, invariant_training(args), mapping_training(args))
             for seed in seeds_of(args)])
         registration.print_rows(f"registration, organ {result['organ']}: {result['pairs']} test cells per seed",
@@ -93,6 +92,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("speed", help="seconds per tile by stage for inference settings, compared in one process")
     t = sub.add_parser("tune-baselines", help="the label-free baselines' parameters from grids on the train tiles")
     z = sub.add_parser("sizes", help="the largest extent of every annotated nucleus")
+    v = sub.add_parser("serve", help="the MONAI Label app's /infer and /train against the workflow, in one session")
     for p in (a, m, r):
         p.add_argument("--train-dir", required=True, help="dataset folder whose train rows give the bank")
         p.add_argument("--test-dir", required=True, help="dataset folder whose test rows are scored")
@@ -125,14 +125,15 @@ def main(argv=None) -> int:
     a.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=whole_image.METHODS,
                    help="comma-separated subset of the methods (default: all)")
     a.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")
-    for p in (s, t, z):
+    for p in (s, t, z, v):
         p.add_argument("--data-dir", required=True, help="dataset folder")
-    s.add_argument("--organ", default=None)
-    s.add_argument("--split", default="test")
-    s.add_argument("--repeats", type=int, default=3)
-    for p in (a, m, r, s):
+    for p in (s, v):
+        p.add_argument("--organ", default=None)
+        p.add_argument("--split", default="test")
+        p.add_argument("--repeats", type=int, default=3)
+    for p in (a, m, r, s, v):
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for p in (a, m, r, s, t, z):
+    for p in (a, m, r, s, t, z, v):
         p.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
     try:

@@ -252,6 +252,24 @@ def test_read_instances_dispatches_xml_and_requires_a_shape(tmp_path):
         read_instances(path)
 
 
+def test_asap_xml_as_qupath_submits_it_is_read_on_qupaths_grid_and_its_rectangle_is_not_a_cell(tmp_path):
+    # the region the user ran inference on (a Rectangle) and one cell: x 30..35, y 2..6 on QuPath's corner grid
+    path = tmp_path / "a.xml"
+    path.write_text(
+        '<ASAP_Annotations><Annotations Name="" X="0" Y="0" W="0" H="0">'
+        '<Annotation Name="Region" Type="Rectangle" PartOfGroup="Region"><Coordinates>'
+        '<Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="40" Y="0"/><Coordinate Order="2" X="40" Y="20"/>'
+        '<Coordinate Order="3" X="0" Y="20"/></Coordinates></Annotation>'
+        '<Annotation Name="Nucleus" Type="Polygon" PartOfGroup="Nucleus"><Coordinates>'
+        '<Coordinate Order="0" X="30" Y="2"/><Coordinate Order="1" X="35" Y="2"/><Coordinate Order="2" X="35" Y="6"/>'
+        '<Coordinate Order="3" X="30" Y="6"/></Coordinates></Annotation>'
+        '</Annotations></ASAP_Annotations>')
+    labels = read_instances(path, (20, 40))
+    expected = np.zeros((20, 40), np.int32)
+    expected[2:6, 30:35] = 1  # pixel (row, col) is the unit square from (x, y) = (col, row)
+    assert np.array_equal(labels, expected)
+
+
 # --------------------------------------------------------------------------- GeoJSON
 
 

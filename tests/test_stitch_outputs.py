@@ -11,7 +11,7 @@ import torch
 from skimage.draw import polygon as draw_polygon
 from skimage.measure import find_contours
 
-from bundle.outputs import cell_geometries, without_collinear_points, write_outputs
+from bundle.outputs import cell_geometries, cell_records, without_collinear_points, write_asap_xml, write_outputs
 from bundle.stitch import CELL_COLUMNS, Annotation, cells_from_tensor, cells_to_tensor, stitch
 
 
@@ -150,6 +150,32 @@ def test_the_written_geojson_reads_back_as_the_same_label_map(tmp_path):
     assert np.array_equal(read_qupath_geojson(tmp_path / "img.geojson", labels.shape), labels)
 
 
+def test_the_asap_xml_for_qupath_reads_back_as_the_same_label_map_with_the_regions_offset(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from bundle.data import read_instances
+
+    labels = np.zeros((40, 60), np.int32)
+    yy, xx = np.mgrid[:40, :60]
+    labels[(yy - 12) ** 2 + (xx - 14) ** 2 <= 40] = 1
+    labels[20:33, 30:37] = 2
+    labels[(yy - 25) ** 2 + (xx - 48) ** 2 <= 20] = 3
+    # the cells of a region whose corner is at x = 100, y = 7 of a larger image, as QuPath asks for one
+    write_asap_xml(cell_records(annotation_of(labels), offset=(100, 7)), tmp_path / "cells.xml", (100, 7, 60, 40))
+    root = ET.parse(tmp_path / "cells.xml").getroot()
+    assert [a.get("Name") for a in root.iter("Annotation")] == ["Nucleus"] * 3  # QuPath's class for each polygon
+    whole = read_instances(tmp_path / "cells.xml", shape=(47, 160))
+    assert np.array_equal(whole[7:, 100:], labels) and not whole[:7].any() and not whole[:, :100].any()
+
+
+def test_cell_records_carry_the_measurements_of_the_csv():
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 2
+    records = cell_records(annotation_of(labels))
+    assert [r["label"] for r in records] == [1, 2] and [r["area_px"] for r in records] == [16, 25]
+    assert records[1]["centroid"] == [12.5, 12.5]  # the centre of pixel (12, 12), on QuPath's grid
+
+
 def test_each_feature_has_a_stable_uuid_and_its_label_as_a_measurement(tmp_path):
     import uuid
 
@@ -170,6 +196,25 @@ def test_two_pieces_that_touch_only_at_a_corner_are_both_kept():
     labels[2:5, 2:5] = labels[5:8, 5:8] = 1
     geometry = cell_geometries(labels)[1]
     assert np.array_equal(rasterised(geometry, labels.shape), labels == 1)
+
+
+def test_a_users_corrected_cells_replace_the_cells_found_under_them():
+    from bundle.stitch import with_corrections
+
+    found = np.zeros((30, 40), np.int32)
+    found[2:8, 2:8] = 1  # redrawn by the user: replaced
+    found[10:20, 10:16] = 2  # touched by a user's cell: keeps its other pixels
+    found[22:28, 30:38] = 3  # untouched
+    corrected = np.zeros_like(found)
+    corrected[1:9, 1:10] = 5
+    corrected[10:20, 15:22] = 9
+    out = with_corrections(annotation_of(found), corrected)
+    assert out.labels.max() == 4 and out.cells["id"] == [1, 2, 3, 4]
+    assert np.array_equal(out.labels == 3, corrected == 5) and np.array_equal(out.labels == 4, corrected == 9)
+    assert (out.labels == 1).sum() == 10 * 5 and np.array_equal(out.labels == 2, found == 3)
+    assert out.cells["area"] == [50, 48, 72, 70] and out.cells["archetype_id"][2:] == [-1, -1]
+    assert out.cells["orientation_deg"][2] == pytest.approx(0.0) and out.cells["uncertainty"][2:] == [0.0, 0.0]
+    assert out.cells["centroid_row"][3] == pytest.approx(14.5) and out.cells["centroid_col"][3] == pytest.approx(18.0)
 
 
 def test_the_per_cell_table_travels_as_one_tensor_and_comes_back_unchanged():

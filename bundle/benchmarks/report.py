@@ -397,7 +397,8 @@ BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- 
 def render_card(text: str, root: Path) -> str:
     """The model card ``text`` with every generated block rewritten from the artifacts under ``root``."""
     blocks = {"sizes": sizes_block, "calibration": calibration_block, "models": models_block,
-              "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block}
+              "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block,
+              "serve": serve_block}
 
     def fill(match):
         name = match.group("name")
@@ -563,6 +564,31 @@ def speed_block(root: Path) -> str:
         lines.append(f"Compiling the encoder (`compile: true`) took {', '.join(f'{s:.1f}' for s in compile_seconds)} s "
                      "once per run.")
     lines.append(measured_on(json.loads(files[0].read_text())) + " (`eval/speed/`)")
+    return "\n".join(lines) + "\n"
+
+
+def serve_block(root: Path) -> str:
+    """The MONAI Label app against the workflow it serves, in one session (``scripts/benchmark.py serve``)."""
+    files = sorted((root / "eval" / "serve").glob("serve_*.json"))
+    if not files:
+        return _missing("eval/serve/serve_*.json", "python scripts/benchmark.py serve --data-dir DATA")
+    lines = ["| tiles | request | s / tile | ratio to the workflow in process |", "|---|---|---|---|"]
+    names = {"workflow": "the workflow in process (what the CLI spends per tile)",
+             "infer_asap": "`/infer`, QuPath's polygons (`output=asap`)", "infer_image": "`/infer`, the label TIFF"}
+    corrections = []
+    for f in files:
+        r = json.loads(f.read_text())
+        for key, name in names.items():
+            ratio = np.mean([t[key] / t["workflow"] for t in r["tiles"]])
+            lines.append(f"| {f.stem.split('_', 1)[1].capitalize()} ({len(r['tiles'])}) | {name} | "
+                         f"{np.mean([t[key] for t in r['tiles']]):.2f} | {ratio:.2f} |")
+        c = r["correction"]
+        corrections.append(f"After a correction of all {c['cells']} cells of {c['image_id']}, `/train` took "
+                           f"{c['train_seconds']:.1f} s from request to done ({c['bank_update_seconds']:.1f} s of it "
+                           f"the bank update, the rest MONAI Label starting its training process), and the next "
+                           f"`/infer` of that tile {c['next_infer_seconds']:.2f} s with {c['archetypes_after']} "
+                           "archetypes.")
+    lines += [""] + corrections + [measured_on(json.loads(files[0].read_text())) + " (`eval/serve/`)"]
     return "\n".join(lines) + "\n"
 
 
