@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -168,11 +167,16 @@ def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_
 
 
 @pytest.mark.slow
-def test_a_copied_bundle_runs_from_another_folder_without_being_installed(tmp_path):
-    # as a bundle from the model zoo arrives: a folder, not a pip-installed package, run from wherever the user is
-    copy = tmp_path / "diffkillr"
-    for part in ["bundle", "configs", "models", "docs"]:
-        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+def test_the_zipped_bundle_downloaded_as_from_the_zoo_runs_from_another_folder_without_being_installed(tmp_path):
+    # as a bundle from the model zoo arrives: a zip unpacked by monai.bundle.download, not a pip-installed package,
+    # run from wherever the user is
+    from monai.bundle import download
+
+    from bundle.release import zip_bundle
+
+    archive = zip_bundle(ROOT, tmp_path / "release" / "diffkillr.zip")
+    download(name="diffkillr", bundle_dir=str(tmp_path / "zoo"), url=archive.resolve().as_uri(), progress=False)
+    copy = tmp_path / "zoo" / "diffkillr"
     hide_the_installed_package = (
         "import sys, importlib.util, runpy; "
         "sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]; "
@@ -187,6 +191,15 @@ def test_a_copied_bundle_runs_from_another_folder_without_being_installed(tmp_pa
         capture_output=True, text=True, cwd=elsewhere, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((copy / "outputs").glob("*.geojson"))) == len(list((copy / "docs" / "sample" / "images").iterdir()))
+
+
+def test_the_inference_config_has_every_property_monais_infer_workflow_checks():
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=str(ROOT / "configs" / "inference.yaml"), workflow_type="infer",
+                              bundle_root=str(ROOT), device="$torch.device('cpu')")
+    workflow.initialize()
+    assert not workflow.check_properties()  # None or []: nothing missing (bundle_root, dataset, evaluator, ...)
 
 
 def test_network_def_passes_the_model_zoo_shape_check():
