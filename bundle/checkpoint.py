@@ -15,7 +15,7 @@ from monai.handlers import CheckpointLoader as MonaiCheckpointLoader
 
 from .data import DataError, in_one_line
 
-__all__ = ["load_weights", "read_checkpoint", "recipe_of", "CheckpointLoader", "Recipe"]
+__all__ = ["load_weights", "read_checkpoint", "recipe_of", "CheckpointLoader", "ExportedNetwork", "Recipe"]
 
 
 def read_checkpoint(path, what: str = "checkpoint") -> dict:
@@ -45,6 +45,42 @@ def load_weights(network: torch.nn.Module, path) -> torch.nn.Module:
     except RuntimeError as err:
         raise _mismatch(path, type(network).__name__, err) from err
     return network
+
+
+class ExportedNetwork(torch.nn.Module):
+    """A network exported by ``scripts/export.py --networks`` (``torch.export``, any number of cells), loaded in place
+    of its Python module by ``configs/exported.yaml``. Same calls and same state-dict keys, so the configs load
+    weights into it unchanged.
+
+    An exported program is frozen in eval mode (batch norm on its running statistics) and does not take ``train()``
+    or ``eval()``. Eval is the only mode the annotator runs networks in, so ``train(False)`` only records the mode, and
+    ``train(True)`` is refused: an exported network cannot be trained.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: exported network not found (python scripts/export.py --networks writes it)")
+        try:
+            self.program = torch.export.load(str(path)).module()
+        except Exception as err:  # not a torch.export archive, or one from another torch release
+            raise DataError(f"{path}: not a readable exported network ({in_one_line(err)})") from err
+        self.training = False
+
+    def train(self, mode: bool = True) -> "ExportedNetwork":
+        if mode:
+            raise RuntimeError("an exported network runs in eval mode only; train the Python module instead")
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def state_dict(self, *args, **kwargs):
+        return self.program.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.program.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def recipe_of(path) -> dict | None:

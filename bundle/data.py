@@ -148,6 +148,32 @@ def _read_with_itk(path: pathlib.Path) -> np.ndarray:
     return np.array(array)
 
 
+def _read_with_tifffile(path: pathlib.Path) -> np.ndarray | None:
+    """A TIFF's pixels as stored, rows first, channels last; None for a file tifffile cannot read (not a TIFF, or
+    damaged: ITK then says what is wrong).
+
+    tifffile reads what ITK's Python wrapping refuses (16-bit RGB, float pixels), and tells a pixel's channels from a
+    stack of pages, which ITK reads as one image of the wrong shape. Only one image per file is read: a stack of pages
+    is refused, not guessed at.
+    """
+    if _suffix(path) not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, array = series.axes, series.asarray()
+    except Exception:  # damaged or not a TIFF after all
+        return None
+    if axes in ("YX", "YXS"):
+        return array
+    if axes in ("SYX", "CYX"):  # channels stored plane by plane
+        return np.moveaxis(array, 0, -1)
+    raise DataError(f"{path}: holds {array.shape[0]} pages or planes (axes {axes}, shape {array.shape}); one image per "
+                    "file is read: save the grey or RGB image to annotate on its own")
+
+
 def _read_with_nibabel(path: pathlib.Path) -> np.ndarray:
     """NIfTI pixels in nibabel's storage order.
 
@@ -192,6 +218,8 @@ def _read_array(path) -> np.ndarray:
     try:
         if _suffix(path) in NIFTI_SUFFIXES:
             array = _read_with_nibabel(path)
+        elif (array := _read_with_tifffile(path)) is not None:
+            pass
         else:
             with _native_stderr_kept(native):
                 array = _read_with_itk(path)
@@ -210,12 +238,17 @@ def read_image(path) -> torch.Tensor:
     """Read an image as a float32 tensor ``(C, H, W)`` in ``[0, 1]``, rows first.
 
     RGB gives 3 channels, RGBA 3 (alpha dropped), grayscale 1 (grey+alpha: alpha
-    dropped too). Integer pixels are divided by their dtype's maximum
-    (uint8 / 255, uint16 / 65535); float pixels are passed through unchanged.
+    dropped too); more channels are refused. Integer pixels are divided by their
+    dtype's maximum (uint8 / 255, uint16 / 65535); float pixels must already lie
+    in [0, 1], and NaN or infinite ones are refused: no rule for them would be
+    right for every user.
     """
     array = _read_array(path)
     if array.ndim == 2:
         array = array[..., None]
+    if array.shape[-1] > 4:
+        raise DataError(f"{path}: has {array.shape[-1]} channels; images are read as grey (1) or RGB (3), each with an "
+                        "optional alpha: save the channels to annotate as one grey or RGB image")
     if array.shape[-1] in (2, 4):  # grey+alpha, RGBA: alpha carries no stain information
         array = array[..., :-1]
 
@@ -225,6 +258,13 @@ def read_image(path) -> torch.Tensor:
         array = array.astype(np.float32) / np.iinfo(array.dtype).max
     elif np.issubdtype(array.dtype, np.floating):
         array = array.astype(np.float32)
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise DataError(f"{path}: {int((~finite).sum())} pixels are NaN or infinite; replace them (with the "
+                            "background's value, say) before annotating")
+        if array.min() < 0 or array.max() > 1:
+            raise DataError(f"{path}: float pixels must lie in [0, 1], these span [{array.min():g}, {array.max():g}]; "
+                            "scale them, or save the image as 8- or 16-bit integers")
     else:
         raise DataError(f"{path}: unsupported pixel type {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

@@ -61,11 +61,14 @@ _GRIDS: dict[tuple, torch.Tensor] = {}
 def _pixel_grid(h: int, w: int, device, dtype) -> torch.Tensor:
     """Pixel coordinates (1, H, W, 2) in grid_sample's (x, y) = (col, row) order, cached per shape and device."""
     key = (h, w, str(device), dtype)
-    if key not in _GRIDS:
+    grid = _GRIDS.get(key)
+    if grid is None:
         rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=dtype),
                                     torch.arange(w, device=device, dtype=dtype), indexing="ij")
-        _GRIDS[key] = torch.stack([cols, rows], -1)[None]
-    return _GRIDS[key]
+        grid = torch.stack([cols, rows], -1)[None]
+        if type(grid) is torch.Tensor:  # never a tracer's stand-in (torch.export): it would poison every later call
+            _GRIDS[key] = grid
+    return grid
 
 
 def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:

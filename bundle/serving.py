@@ -46,7 +46,8 @@ from .detect import calibrate_proposals
 from .outputs import NUCLEUS, cell_records, write_asap_xml, write_label_tiff
 from .stitch import Annotation, with_corrections
 
-__all__ = ["DiffKillRApp", "running_server", "Annotator", "AnnotateCells", "LearnFromCorrections", "MostUncertainImage", "app_bank"]
+__all__ = ["DiffKillRApp", "Annotator", "AnnotateCells", "LearnFromCorrections", "MostUncertainImage", "app_bank",
+           "grown_bank", "running_server", "train_and_wait"]
 
 
 def app_bank(bundle_root, studies) -> Path:

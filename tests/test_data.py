@@ -270,6 +270,51 @@ def test_asap_xml_as_qupath_submits_it_is_read_on_qupaths_grid_and_its_rectangle
     assert np.array_equal(labels, expected)
 
 
+def test_a_16_bit_rgb_tiff_is_read_and_scaled_by_its_maximum(tmp_path):
+    import tifffile
+
+    pixels = np.random.default_rng(0).integers(0, 65536, (30, 40, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, photometric="rgb")
+    image = read_image(tmp_path / "a.tif")
+    assert image.shape == (3, 30, 40)
+    assert torch.allclose(image, torch.from_numpy(pixels.transpose(2, 0, 1) / 65535.0).float())
+
+
+def test_an_rgb_tiff_stored_plane_by_plane_is_read_with_its_channels_last(tmp_path):
+    import tifffile
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 30, 40)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", pixels, photometric="rgb", planarconfig="separate")
+    assert torch.equal(read_image(tmp_path / "a.tif"), torch.from_numpy(pixels / 255.0).float())
+
+
+def test_float_pixels_in_zero_to_one_are_read_and_others_refused_in_one_line(tmp_path):
+    import tifffile
+
+    pixels = np.random.default_rng(0).random((30, 40, 3)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "ok.tif", pixels, photometric="rgb")
+    assert torch.equal(read_image(tmp_path / "ok.tif"), torch.from_numpy(pixels.transpose(2, 0, 1)))
+    pixels[3, 4, 1], pixels[5, 6, 0] = np.nan, np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", pixels, photometric="rgb")
+    with pytest.raises(DataError, match=r"nan\.tif: 2 pixels are NaN or infinite"):
+        read_image(tmp_path / "nan.tif")
+    tifffile.imwrite(tmp_path / "wide.tif", np.full((30, 40, 3), 200.0, np.float32), photometric="rgb")
+    with pytest.raises(DataError, match=r"wide\.tif: float pixels must lie in \[0, 1\]"):
+        read_image(tmp_path / "wide.tif")
+
+
+def test_a_stack_of_pages_and_a_five_channel_image_are_refused_not_misread(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 30, 40), np.uint8))
+    with pytest.raises(DataError, match=r"pages\.tif: holds 5 pages or planes"):
+        read_image(tmp_path / "pages.tif")
+    tifffile.imwrite(tmp_path / "five.tif", np.zeros((30, 40, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig", extrasamples=[0, 0, 0, 0])
+    with pytest.raises(DataError, match=r"five\.tif: has 5 channels"):
+        read_image(tmp_path / "five.tif")
+
+
 # --------------------------------------------------------------------------- GeoJSON
 
 

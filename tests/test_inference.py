@@ -240,3 +240,56 @@ def test_the_inferer_refuses_a_batch_of_several_images():
     network = load_weights(DiffeoMappingNet(3, backbone="voxelmorph"), ROOT / "models" / "model.pt")
     with pytest.raises(ValueError, match="one image at a time"):
         parser.get_parsed_content("inferer")(torch.rand(2, 3, 80, 80), network)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from bundle.release import export_networks
+
+    folder = tmp_path_factory.mktemp("exported")
+    export_networks(ROOT, folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_exported_networks_answer_like_the_python_modules_for_any_number_of_cells(exported):
+    from bundle.checkpoint import ExportedNetwork
+    from bundle.release import EXPORTED
+
+    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    torch.manual_seed(0)
+    shapes = {"network_def": [(1, 6, 64, 64), (37, 6, 64, 64)], "invariant_def": [(1, 3, 64, 64), (300, 3, 64, 64)],
+              "student_def": [(1, 3, 256, 256), (1, 3, 320, 208)]}
+    for network_key, weights_key, name in EXPORTED:
+        module = load_weights(parser.get_parsed_content(network_key), parser.get_parsed_content(weights_key)).eval()
+        program = ExportedNetwork(exported / name)
+        for shape in shapes[network_key]:  # batch sizes (and image sizes) other than the export's example
+            x = torch.rand(shape)
+            with torch.no_grad():
+                torch.testing.assert_close(program(x), module(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_exported_overlay_annotates_the_sample_as_the_python_modules_do(exported, sample_outputs, tmp_path):
+    from bundle.release import EXPORTED
+
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIG), str(ROOT / "configs" / "exported.yaml")], workflow_type=None, bundle_root=str(ROOT),
+        device="$torch.device('cpu')", output_dir=str(tmp_path),
+        **{f"{key}#path": str(exported / name) for key, _, name in EXPORTED})
+    workflow.initialize()
+    assert isinstance(workflow.parser.get_parsed_content("network"), torch.nn.Module)
+    workflow.run()
+    assert np.array_equal(read_labels(tmp_path), read_labels(sample_outputs))
+
+
+def test_an_exported_network_is_refused_training_and_a_missing_one_is_one_line(tmp_path):
+    from bundle.checkpoint import ExportedNetwork
+    from bundle.data import DataError
+
+    with pytest.raises(DataError, match="export.py --networks"):
+        ExportedNetwork(tmp_path / "model.pt2")
+    (tmp_path / "text.pt2").write_text("not an archive")
+    with pytest.raises(DataError, match="not a readable exported network"):
+        ExportedNetwork(tmp_path / "text.pt2")

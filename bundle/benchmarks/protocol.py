@@ -28,6 +28,7 @@ from ..bank import build_bank, concatenate, extract_cells, save_bank
 from ..checkpoint import load_weights
 from ..data import list_dataset, load_sample, written_atomically
 from ..patches import PATCH_SIZE, centre_crop
+from ..release import EXPORTED
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -136,10 +137,14 @@ def trained(setting: Setting, seed: int, which: str, bank_path: Path, given=None
 
 
 def inference(bank_path: Path, device: str, invariant_path=None, mapping_path=None, student_path=None,
-              student: bool = True):
+              student: bool = True, exported=None):
     """The bundle's own inference config, parsed: its ``inferer`` and ``network_def`` with weights loaded. Given paths
-    replace the shipped weights; ``student=False`` runs the workflow without its student (the first teacher)."""
+    replace the shipped weights; ``student=False`` runs the workflow without its student (the first teacher);
+    ``exported``, a folder of ``scripts/export.py --networks``, runs it on those (``configs/exported.yaml``)."""
     parser = ConfigParser(ConfigParser.load_config_file(str(CONFIGS / "inference.yaml")))
+    if exported is not None:
+        parser.update(ConfigParser.load_config_file(str(CONFIGS / "exported.yaml")))
+        parser.update({f"{key}#path": str(Path(exported) / name) for key, _, name in EXPORTED})
     parser.update({"bundle_root": str(ROOT), "device": f"$torch.device('{device}')", "bank_path": str(bank_path)})
     if invariant_path is not None:
         parser["invariant_path"] = str(invariant_path)

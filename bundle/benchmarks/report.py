@@ -547,7 +547,7 @@ def speed_block(root: Path) -> str:
         return _missing("eval/speed/speed_*.json", "python scripts/benchmark.py speed --data-dir DATA")
     lines = ["| tiles | settings | s / tile | ratio to the first row | detect s | match s | register + warp s | refine s |",
              "|---|---|---|---|---|---|---|---|"]
-    compile_seconds = []
+    compile_seconds, export_seconds = [], []
     for f in files:
         r = json.loads(f.read_text())
         base = next(iter(r["tiles"].values()))
@@ -559,10 +559,15 @@ def speed_block(root: Path) -> str:
                                       for k in ("detect", "match", "register_warp", "refine")) + " |")
         if r.get("compile_seconds") is not None:
             compile_seconds.append(r["compile_seconds"])
+        if r.get("export_seconds") is not None:
+            export_seconds.append(r["export_seconds"])
     lines.append("")
     if compile_seconds:
         lines.append(f"Compiling the encoder (`compile: true`) took {', '.join(f'{s:.1f}' for s in compile_seconds)} s "
                      "once per run.")
+    if export_seconds:
+        lines.append(f"Exporting the three networks (`scripts/export.py --networks`) took "
+                     f"{', '.join(f'{s:.1f}' for s in export_seconds)} s, once.")
     lines.append(measured_on(json.loads(files[0].read_text())) + " (`eval/speed/`)")
     return "\n".join(lines) + "\n"
 
@@ -589,7 +594,40 @@ def serve_block(root: Path) -> str:
                            f"`/infer` of that tile {c['next_infer_seconds']:.2f} s with {c['archetypes_after']} "
                            "archetypes.")
     lines += [""] + corrections + [measured_on(json.loads(files[0].read_text())) + " (`eval/serve/`)"]
+    if (root / "docs" / "serve_qupath.png").is_file():
+        lines += ["", "![What QuPath shows for a rectangle on the embedded sample](serve_qupath.png)", "",
+                  "*The server's reply to QuPath's request for the dashed rectangle of the embedded sample: one "
+                  "polygon of class Nucleus per cell, as the extension draws them.*"]
     return "\n".join(lines) + "\n"
+
+
+def qupath_figure(eval_dir: Path, root: Path, path: Path) -> Path | None:
+    """The polygons the MONAI Label server returned for QuPath's rectangle on the embedded sample, drawn over it
+    (``scripts/benchmark.py serve``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    results = [json.loads(f.read_text()) for f in sorted((eval_dir / "serve").glob("serve_*.json"))]
+    results = [r for r in results if "qupath" in r]
+    if not results:
+        return None
+    q = results[0]["qupath"]
+    x, y, w, h = q["region"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(np.asarray(Image.open(root / q["image"]).convert("RGB")), extent=None)
+    # QuPath's corner grid: pixel (row, col) spans [col, col + 1) x [row, row + 1); imshow centres it at (col, row)
+    for polygon in q["polygons"]:
+        xy = np.asarray(polygon + polygon[:1]) - 0.5
+        ax.plot(xy[:, 0], xy[:, 1], color="#c80000", lw=1.2)
+    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ls="--", lw=1.2, color="white"))
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def effort_block(root: Path) -> str:
@@ -636,6 +674,8 @@ def write_all(root: Path, eval_dir: Path | None = None) -> list[Path]:
                     figure(annotate, root / "docs" / "fig3.png")]
     if effort_results(eval_dir):
         written.append(effort_figure(eval_dir, root / "docs" / "effort.png"))
+    if (drawn := qupath_figure(eval_dir, root, root / "docs" / "serve_qupath.png")) is not None:
+        written.append(drawn)
     (root / "docs" / "results.md").write_text(results_text(eval_dir))
     written.append(root / "docs" / "results.md")
     card = root / "docs" / "README.md"

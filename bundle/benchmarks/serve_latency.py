@@ -7,6 +7,7 @@ writing), ``/infer/wsi`` with QuPath's request (``output=asap``), and ``/infer``
 each request is timed from the client, HTTP, reading the image and writing the reply included. Then a user's
 correction: one tile's annotated cells submitted as QuPath submits them, ``/train`` timed until its task is done (the
 bank update, in MONAI Label's own training process), and the next ``/infer`` of that tile (which reads the new bank).
+Last, QuPath's request for a region of the embedded sample, whose reply the model card draws (``qupath_figure``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,9 @@ from .protocol import ROOT, inference, machine
 # what QuPath's MONAI Label extension sends for an image of the studies folder (the whole image)
 QUPATH_BODY = {"level": 0, "location": [0, 0], "size": [0, 0], "tile_size": [1024, 1024], "min_poly_area": 30,
                "params": {}}
+SAMPLE = ROOT / "docs" / "sample" / "images"
+# the rectangle a QuPath user draws on the embedded sample for the model card's figure: x, y, width, height
+SAMPLE_REGION = (40, 60, 170, 130)
 
 
 def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str = "cpu") -> dict:
@@ -44,6 +49,8 @@ def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str
     try:
         for sample in samples:
             shutil.copy(sample.image_path, studies / sample.image_path.name)
+        embedded = next(SAMPLE.iterdir())
+        shutil.copy(embedded, studies / embedded.name)
         with running_server(studies, studies.parent / f"{studies.name}.log", device=device) as url:
             tiles = []
             for sample in tqdm(samples, desc="tiles", unit="tile"):
@@ -80,13 +87,25 @@ def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str
             reply.raise_for_status()
             next_infer = time.perf_counter() - start
             stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["diffkillr"]
+            x, y, w, h = SAMPLE_REGION
+            answer = requests.post(f"{url}/infer/wsi/diffkillr?image={embedded.stem}&output=asap",
+                                   json={**QUPATH_BODY, "location": [x, y], "size": [w, h]}, timeout=600)
+            answer.raise_for_status()
     finally:
         shutil.rmtree(studies, ignore_errors=True)
     return {"organ": organ, "split": split, "repeats": repeats, "device": device, "threads": torch.get_num_threads(),
             "machine": machine(), "tiles": tiles,
             "correction": {"image_id": corrected.image_id, "cells": int(labels.max()), "status": task["status"],
                            "train_seconds": train_seconds, "bank_update_seconds": stats.get("seconds"),
-                           "archetypes_after": reply.json()["archetypes"], "next_infer_seconds": next_infer}}
+                           "archetypes_after": reply.json()["archetypes"], "next_infer_seconds": next_infer},
+            "qupath": {"image": embedded.relative_to(ROOT).as_posix(), "region": list(SAMPLE_REGION),
+                       "polygons": qupath_polygons(answer.content)}}
+
+
+def qupath_polygons(asap: bytes) -> list[list[list[float]]]:
+    """The polygons QuPath's extension makes of an ASAP reply: per ``<Annotation>``, the X, Y of its coordinates."""
+    return [[[float(c.get("X")), float(c.get("Y"))] for c in annotation.iter("Coordinate")]
+            for annotation in ET.fromstring(asap).iter("Annotation")]
 
 
 def print_summary(result: dict) -> None:
