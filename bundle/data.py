@@ -65,11 +65,14 @@ __all__ = [
     "read_aperio_xml",
     "read_asap_xml",
     "read_image",
+    "read_image_and_opacity",
     "read_instances",
     "read_qupath_geojson",
     "written_atomically",
 ]
 
+# metadata key of an image (MetaTensor) that has transparent pixels: where it is opaque, bool (H, W)
+OPAQUE_KEY = "opaque"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 POLYGON_SUFFIXES = (".xml", ".geojson", ".json")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
@@ -235,6 +238,11 @@ def _read_array(path) -> np.ndarray:
 
 
 def read_image(path) -> torch.Tensor:
+    """Read an image as a float32 tensor ``(C, H, W)`` in ``[0, 1]``, rows first (``read_image_and_opacity``)."""
+    return read_image_and_opacity(path)[0]
+
+
+def read_image_and_opacity(path) -> tuple[torch.Tensor, np.ndarray | None]:
     """Read an image as a float32 tensor ``(C, H, W)`` in ``[0, 1]``, rows first.
 
     RGB gives 3 channels, RGBA 3 (alpha dropped), grayscale 1 (grey+alpha: alpha
@@ -242,6 +250,10 @@ def read_image(path) -> torch.Tensor:
     dtype's maximum (uint8 / 255, uint16 / 65535); float pixels must already lie
     in [0, 1], and NaN or infinite ones are refused: no rule for them would be
     right for every user.
+
+    Also where the image is opaque: bool (H, W), or None when no pixel is fully transparent. A transparent pixel holds
+    no image (padding, a mask drawn by another tool), whatever its colour: no cell is centred on one
+    (``ArchetypeInferer.annotate``).
     """
     array = _read_array(path)
     if array.ndim == 2:
@@ -249,7 +261,10 @@ def read_image(path) -> torch.Tensor:
     if array.shape[-1] > 4:
         raise DataError(f"{path}: has {array.shape[-1]} channels; images are read as grey (1) or RGB (3), each with an "
                         "optional alpha: save the channels to annotate as one grey or RGB image")
-    if array.shape[-1] in (2, 4):  # grey+alpha, RGBA: alpha carries no stain information
+    opaque = None
+    if array.shape[-1] in (2, 4):  # grey+alpha, RGBA: alpha carries no stain information, only where the image is
+        opaque = array[..., -1] > 0
+        opaque = None if opaque.all() else opaque
         array = array[..., :-1]
 
     if array.dtype == bool:
@@ -267,7 +282,7 @@ def read_image(path) -> torch.Tensor:
                             "scale them, or save the image as 8- or 16-bit integers")
     else:
         raise DataError(f"{path}: unsupported pixel type {array.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), opaque
 
 
 # ----------------------------------------------------------------------------
@@ -647,7 +662,8 @@ def load_sample(sample) -> tuple[torch.Tensor, np.ndarray]:
 
 class ReadImaged:
     """Dictionary transform: read ``data[key]`` (a path) with ``read_image`` into a (C, H, W) float [0, 1] MetaTensor
-    whose metadata keeps the path (``filename_or_obj``), as MONAI's readers do.
+    whose metadata keeps the path (``filename_or_obj``), as MONAI's readers do, and where the image is opaque
+    (``OPAQUE_KEY``, bool (H, W)) when some of it is transparent.
 
     MONAI's own ``LoadImage`` returns 2-D images with rows and columns swapped and loses the bit depth needed for
     scaling (see ``_read_with_itk``), hence this reader in the bundle's ``preprocessing``.
@@ -662,7 +678,11 @@ class ReadImaged:
         data = dict(data)
         for key in self.keys:
             if isinstance(data[key], (str, pathlib.Path)):
-                data[key] = MetaTensor(read_image(data[key]), meta={"filename_or_obj": str(data[key])})
+                image, opaque = read_image_and_opacity(data[key])
+                meta = {"filename_or_obj": str(data[key])}
+                if opaque is not None:
+                    meta[OPAQUE_KEY] = torch.from_numpy(opaque)
+                data[key] = MetaTensor(image, meta=meta)
         return data
 
 

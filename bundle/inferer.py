@@ -32,7 +32,7 @@ from monai.inferers import Inferer
 
 from .bank import load_bank, whole_archetypes
 from .checkpoint import load_weights
-from .data import DataError
+from .data import OPAQUE_KEY, DataError
 from .detect import nucleus_proposals, piece_centroids
 from .fields import compose, jacobian_determinant
 from .match import nearest_archetype
@@ -143,11 +143,13 @@ class ArchetypeInferer(Inferer):
             out.append(self.encoder(batch)[:n])
         return torch.cat(out)
 
-    def annotate(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None) -> Annotation:
+    def annotate(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
+                 opaque=None) -> Annotation:
         """Annotate one image (C, H, W) in [0, 1].
 
         ``centres`` (N, 2) (row, col) replaces detection, e.g. by ground-truth centroids: the benchmark's upper bound
-        that isolates detection errors, or points a user clicked.
+        that isolates detection errors, or points a user clicked. ``opaque`` (H, W) bool, where the image has any
+        (``data.read_image_and_opacity``): a transparent pixel holds no image, so no cell is centred on one.
         """
         self.setup()
         if image.ndim != 3:
@@ -167,6 +169,9 @@ class ArchetypeInferer(Inferer):
         elif centres is None:
             centres = nucleus_proposals(image, self.proposal_params)
         centres = np.asarray(centres, np.float32).reshape(-1, 2)
+        if opaque is not None:
+            rows, cols = np.clip(np.round(centres).astype(int), 0, [h - 1, w - 1]).T
+            centres = centres[np.asarray(opaque, bool)[rows, cols]]
         crops = crop_patches(image, centres, PATCH_SIZE)
         seconds["detect"] = time.perf_counter() - t
 
@@ -207,8 +212,11 @@ class ArchetypeInferer(Inferer):
         if inputs.ndim == 4 and inputs.shape[0] != 1:
             raise ValueError(f"annotates one image at a time, got a batch of {inputs.shape[0]}")
         image = torch.as_tensor(inputs[0] if inputs.ndim == 4 else inputs).float()
+        opaque = getattr(inputs, "meta", {}).get(OPAQUE_KEY)
+        if opaque is not None:  # collated into a batch of one
+            opaque = torch.as_tensor(opaque).reshape(image.shape[1:]).numpy()
         try:
-            annotation = self.annotate(image, network)
+            annotation = self.annotate(image, network, opaque=opaque)
         except DataError as err:  # say which image: the reader's metadata knows its file
             source = getattr(inputs, "meta", {}).get("filename_or_obj")
             if source is None:

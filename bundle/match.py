@@ -23,6 +23,22 @@ def nearest_archetype(queries: torch.Tensor, archetypes: torch.Tensor) -> tuple[
     return index, 1.0 - best
 
 
+# Median match distance of an image's cells above which they are unlike the tissue the bank came from. On the 13
+# MoNuSeg train tiles the median is 0.19 to 0.26; uniform noise gives 0.56 and a black image 0.52 (still a "cell" or a
+# hundred). Set well clear of both, on train tiles only.
+UNLIKE_THE_BANK = 0.40
+
+
+def unlike_the_bank(distances) -> float | None:
+    """The median match distance of an image's cells (N,) when it is above ``UNLIKE_THE_BANK``, else None: cells that
+    look like none of the archetypes (noise, padding, another stain or magnification) are not to be trusted."""
+    distances = torch.as_tensor(distances, dtype=torch.float64)
+    if len(distances) == 0:
+        return None
+    median = float(distances.median())
+    return median if median > UNLIKE_THE_BANK else None
+
+
 def matching_metrics(
     queries: torch.Tensor, query_cells: torch.Tensor, gallery: torch.Tensor, gallery_cells: torch.Tensor
 ) -> dict:

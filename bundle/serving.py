@@ -41,8 +41,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from .bank import BANK_KEYS, concatenate, extract_cells, load_bank, save_bank, take
 from .checkpoint import load_weights
-from .data import DataError, read_image, read_instances, written_atomically
+from .data import DataError, read_image, read_image_and_opacity, read_instances, written_atomically
 from .detect import calibrate_proposals
+from .match import unlike_the_bank
 from .outputs import NUCLEUS, cell_records, write_asap_xml, write_label_tiff
 from .stitch import Annotation, with_corrections
 
@@ -96,9 +97,9 @@ class Annotator:
         return len(self.current().archetype_ids)
 
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor) -> Annotation:
+    def __call__(self, image: torch.Tensor, opaque=None) -> Annotation:
         with self.lock:
-            return self.current().annotate(image.to(self.device), self.network)
+            return self.current().annotate(image.to(self.device), self.network, opaque=opaque)
 
 
 def region_of(request: dict, shape) -> tuple[int, int, int, int]:
@@ -144,9 +145,9 @@ class AnnotateCells(InferTask):
         path = request["image"]
         if not isinstance(path, str):
             raise DataError("the image must be a file of the studies folder or an uploaded file")
-        image = read_image(path)
+        image, opaque = read_image_and_opacity(path)
         x, y, w, h = region_of(request, image.shape[1:])
-        annotation = self.annotator(image[:, y:y + h, x:x + w])
+        annotation = self.annotator(image[:, y:y + h, x:x + w], None if opaque is None else opaque[y:y + h, x:x + w])
         corrected = self.corrections(request.get("image_id"))
         if corrected:  # the cells a user drew on this image stay as drawn
             corrected = read_instances(corrected, shape=tuple(image.shape[1:]))
@@ -162,6 +163,8 @@ class AnnotateCells(InferTask):
         total = time.perf_counter() - start
         return result, {
             "count": len(cells),
+            # set when the cells look like none of the archetypes (noise, padding, another stain or magnification)
+            "unlike_the_bank": unlike_the_bank(annotation.cells["match_distance"]),
             "archetypes": self.annotator.n_archetypes,
             "location": [x, y],
             "size": [w, h],

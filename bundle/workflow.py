@@ -18,8 +18,9 @@ import torch
 from ignite.engine import Events
 from tqdm.auto import tqdm
 
-from .data import DataError, image_id_of
-from .stitch import CELLS_KEY
+from .data import DataError, image_id_of, written_atomically
+from .match import UNLIKE_THE_BANK, unlike_the_bank
+from .stitch import CELL_COLUMNS, CELLS_KEY
 
 __all__ = ["one_line_errors", "error_line", "check_device", "AnnotationProgress"]
 
@@ -51,6 +52,8 @@ def one_line_errors() -> None:
         if line is None:
             default(kind, error, trace)
         else:
+            for bar in list(getattr(tqdm, "_instances", ())):  # an open progress bar would share the error's line
+                bar.close()
             print(line, file=sys.stderr)
             sys.exit(1)
 
@@ -79,6 +82,16 @@ def check_device(device) -> torch.device:
     return device
 
 
+def check_output_dir(output_dir) -> Path:
+    """The folder the outputs go to (``--output_dir``), created if missing and tried with a file, refused with one
+    line when nothing can be written there: found before the first image is annotated, not after it."""
+    folder = Path(output_dir)
+    with written_atomically(folder / ".diffkillr_write_check") as (probe,):
+        probe.write_bytes(b"")
+    (folder / ".diffkillr_write_check").unlink()
+    return folder
+
+
 class AnnotationProgress:
     """Evaluator handler: a progress bar over the images, a line per image (cells found, seconds) and, at the end,
     where the outputs are."""
@@ -105,6 +118,11 @@ class AnnotationProgress:
             cells = item["pred"].meta[CELLS_KEY]
             name = image_id_of(item["image"].meta.get("filename_or_obj", "image"))
             tqdm.write(f"{name}: {len(cells)} cells in {seconds:.1f} s")
+            median = unlike_the_bank(cells[:, CELL_COLUMNS.index("match_distance")])
+            if median is not None:
+                tqdm.write(f"{name}: warning: its cells look like none of the bank's (median match distance "
+                           f"{median:.2f}, above {UNLIKE_THE_BANK}); is it tissue at the bank's stain and "
+                           "magnification? Check these cells before using them")
         self.bar.update(1)
 
     def completed(self, engine) -> None:

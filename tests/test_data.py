@@ -90,6 +90,19 @@ def test_rgba_png_drops_alpha(tmp_path):
     assert image[:, 0, 0].tolist() == [0.0, 0.0, 0.0]  # alpha (77) did not leak into any channel
 
 
+def test_where_an_rgba_image_is_transparent_is_read_with_it(tmp_path):
+    from bundle.data import read_image_and_opacity
+
+    rgba = np.full((20, 30, 4), 200, np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert read_image_and_opacity(tmp_path / "opaque.png")[1] is None  # nothing transparent: nothing to carry
+    rgba[:5, :, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "padded.png")
+    image, opaque = read_image_and_opacity(tmp_path / "padded.png")
+    assert image.shape == (3, 20, 30) and opaque.shape == (20, 30)
+    assert not opaque[:5].any() and opaque[5:].all()
+
+
 def test_grayscale_png_is_one_channel(tmp_path):
     grey = np.zeros((H, W), np.uint8)
     grey[BRIGHT] = 51

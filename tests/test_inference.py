@@ -179,15 +179,23 @@ def test_an_error_log_about_a_users_mistake_is_dropped_and_one_about_a_bug_kept(
 
 @pytest.mark.slow
 def test_an_error_inside_the_annotation_loop_is_still_one_line(tmp_path):
-    (tmp_path / "a_file").write_text("")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_text("not a picture")  # found when the loop reads it
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--bundle_root", str(ROOT),
-         "--output_dir", str(tmp_path / "a_file")],
+         "--dataset_dir", str(tmp_path / "images"), "--output_dir", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert " - ERROR - " not in result.stdout + result.stderr  # ignite's own log lines about it (they go to stdout)
-    assert [line for line in result.stderr.splitlines() if "error: " in line][-1].endswith(
-        f"error: {tmp_path / 'a_file'}: cannot write there (File exists)")
+    assert [line for line in result.stderr.splitlines() if "error: " in line][-1].startswith(
+        f"error: {tmp_path / 'images' / 'broken.png'}: ")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_image_is_annotated(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(Exception) as raised:
+        run_inference(output_dir=str(tmp_path / "a_file" / "out"))
+    assert error_line(raised.value) == f"error: {tmp_path / 'a_file' / 'out'}: cannot write there (Not a directory)"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -293,3 +301,30 @@ def test_an_exported_network_is_refused_training_and_a_missing_one_is_one_line(t
     (tmp_path / "text.pt2").write_text("not an archive")
     with pytest.raises(DataError, match="not a readable exported network"):
         ExportedNetwork(tmp_path / "text.pt2")
+
+
+@pytest.mark.slow
+def test_an_image_of_noise_is_annotated_with_a_warning_and_tissue_without(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = (np.random.default_rng(0).random((384, 384, 3)) * 255).astype(np.uint8)
+    Image.fromarray(noise).save(images / "noise.png")
+    (images / f"{SAMPLE_ID}.png").write_bytes((SAMPLE / "images" / f"{SAMPLE_ID}.png").read_bytes())
+    run_inference(dataset_dir=str(images), output_dir=str(tmp_path / "out"))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("noise: warning: its cells look like none of the bank's")
+    assert (tmp_path / "out" / "noise_labels.tif").is_file()  # flagged, not refused: the user decides
+
+
+@pytest.mark.slow
+def test_no_cell_is_centred_on_a_transparent_pixel(tmp_path):
+    image, _ = load_sample(list_dataset(SAMPLE)[0])
+    rgba = np.concatenate([(image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+                           np.full((*image.shape[1:], 1), 255, np.uint8)], axis=2)
+    rgba[:128, :, 3] = 0  # the top half transparent: padding, or a region another tool masked out
+    (tmp_path / "images").mkdir()
+    Image.fromarray(rgba).save(tmp_path / "images" / "half.png")
+    run_inference(dataset_dir=str(tmp_path / "images"), output_dir=str(tmp_path / "out"))
+    with open(tmp_path / "out" / "half_cells.csv") as f:
+        rows = [float(row["centroid_row"]) for row in csv.DictReader(f)]
+    assert len(rows) > 10 and min(rows) > 120  # cells in the opaque half, none centred in the transparent one

@@ -59,3 +59,11 @@ def test_ntxent_with_two_views_equals_simclr_cross_entropy():
 def test_ntxent_rejects_a_cell_with_a_single_view():
     with pytest.raises(ValueError, match="two views"):
         MultiViewNTXentLoss()(F.normalize(torch.randn(3, 4), dim=1), torch.tensor([0, 0, 1]))
+
+
+def test_an_image_whose_cells_match_the_bank_poorly_is_flagged_by_its_median_match_distance():
+    from bundle.match import UNLIKE_THE_BANK, unlike_the_bank
+
+    assert unlike_the_bank([0.2, 0.25, 0.3, 0.9]) is None  # tissue: a few poor matches do not flag it
+    assert 0.55 > UNLIKE_THE_BANK and unlike_the_bank([0.5, 0.6, 0.55]) == pytest.approx(0.55)
+    assert unlike_the_bank([]) is None
