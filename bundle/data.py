@@ -39,12 +39,14 @@ image-only dataset.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -691,6 +693,22 @@ class ReadImaged:
 # ----------------------------------------------------------------------------
 
 
+# a temporary folder of ``written_atomically`` untouched this long was left by a run that was killed, not by one writing
+STALE_SECONDS = 3600
+
+
+def _remove_stale_temporaries(folder: pathlib.Path, name: str) -> None:
+    """Remove what killed runs left while writing ``name`` in ``folder``: hidden ``.<name>.*`` folders (our own
+    naming) untouched for ``STALE_SECONDS``. A run writing the same file right now is left alone."""
+    now = time.time()
+    for stale in folder.glob(f".{glob.escape(name)}.*"):
+        try:
+            if stale.is_dir() and now - stale.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+
+
 @contextmanager
 def written_atomically(*paths):
     """Yield temporary paths to write ``paths`` to; when the block succeeds, move them all into place, else remove them.
@@ -703,6 +721,7 @@ def written_atomically(*paths):
     folder = finals[0].parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder, finals[0].name)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{finals[0].name}.", dir=folder))
     except OSError as err:
         raise DataError(f"{folder}: cannot write there ({err.strerror or err})") from err

@@ -565,3 +565,25 @@ def test_annotation_of_another_shape_is_a_data_error(tmp_path):
     write_png(tmp_path / "labels" / "A.png", np.zeros((W, H), np.uint8))
     with pytest.raises(DataError, match=r"A\.png.*shape"):
         load_sample(list_dataset(tmp_path)[0])
+
+
+def test_writing_a_file_again_clears_what_a_killed_run_left_and_spares_a_run_in_progress(tmp_path):
+    import os
+    import time
+
+    from bundle.data import STALE_SECONDS, written_atomically
+
+    killed = tmp_path / ".a_labels.tif.x1y2z3"  # the hidden folder of a run killed while writing a_labels.tif
+    killed.mkdir()
+    (killed / "0_a_labels.tif").write_bytes(b"half")
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(killed, (old, old))
+    running = tmp_path / ".a_labels.tif.q9w8e7"  # another run writing it now
+    running.mkdir()
+    other = tmp_path / ".b_labels.tif.x1y2z3"  # another file's: not this write's business
+    other.mkdir()
+    os.utime(other, (old, old))
+    with written_atomically(tmp_path / "a_labels.tif") as (tmp,):
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "a_labels.tif").read_bytes() == b"whole"
+    assert not killed.exists() and running.exists() and other.exists()
