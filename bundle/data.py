@@ -66,6 +66,7 @@ __all__ = [
     "load_sample",
     "read_aperio_xml",
     "read_asap_xml",
+    "pixel_size_um",
     "read_image",
     "read_image_and_opacity",
     "read_instances",
@@ -237,6 +238,39 @@ def _read_array(path) -> np.ndarray:
     if array.ndim not in (2, 3) or min(array.shape[:2]) == 0:
         raise DataError(f"{path}: expected a 2-D image, got an array of shape {array.shape}")
     return array
+
+
+# pixel sizes (micrometres) a microscope image can have; a file stating one outside (72 dpi, the default of many
+# writers, is 353 um) states none
+PLAUSIBLE_PIXEL_UM = (0.05, 10.0)
+
+
+def pixel_size_um(path) -> float | None:
+    """The pixel size in micrometres an image file states (TIFF resolution tags, PNG pHYs), or None when it states
+    none, or one no microscope gives (``PLAUSIBLE_PIXEL_UM``). Square pixels are assumed: the x resolution is read."""
+    path = pathlib.Path(path)
+    size = None
+    try:
+        if _suffix(path) in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                tags = tif.pages[0].tags
+                if "XResolution" in tags and "ResolutionUnit" in tags:
+                    numerator, denominator = tags["XResolution"].value
+                    per_unit = numerator / denominator if denominator else 0
+                    unit_um = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))  # inch, centimetre
+                    size = unit_um / per_unit if unit_um and per_unit > 0 else None
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                dpi = image.info.get("dpi")
+                size = 25400.0 / float(dpi[0]) if dpi and float(dpi[0]) > 0 else None
+    except Exception:  # unreadable metadata is no pixel size, not an error: the pixels are read elsewhere
+        return None
+    low, high = PLAUSIBLE_PIXEL_UM
+    return size if size is not None and low <= size <= high else None
 
 
 def read_image(path) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 from skimage.measure import find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
-from .data import image_id_of, written_atomically
+from .data import DataError, image_id_of, pixel_size_um, written_atomically
 from .stitch import CELL_COLUMNS, CELLS_KEY, Annotation, cells_from_tensor
 
 __all__ = ["SaveAnnotationd", "write_outputs", "cell_geometries", "output_names", "cell_records", "write_asap_xml"]
@@ -42,13 +42,15 @@ def output_names(image_id: str) -> dict[str, str]:
             "overlay": f"{image_id}_overlay.png"}
 
 
-def write_outputs(annotation: Annotation, image: torch.Tensor, output_dir, image_id: str) -> list[Path]:
-    """Write the four outputs of one image, all or none; returns their final paths."""
+def write_outputs(annotation: Annotation, image: torch.Tensor, output_dir, image_id: str,
+                  pixel_size: float | None = None) -> list[Path]:
+    """Write the four outputs of one image, all or none; returns their final paths. With a ``pixel_size`` (um), the
+    label TIFF states it (QuPath and Fiji read it) and the CSV and GeoJSON give areas in um^2 too."""
     finals = [Path(output_dir) / name for name in output_names(image_id).values()]
     with written_atomically(*finals) as (labels, geojson, table, overlay):
-        write_label_tiff(annotation.labels, labels)
-        write_geojson(annotation, geojson, image_id)
-        write_csv(annotation.cells, table)
+        write_label_tiff(annotation.labels, labels, pixel_size)
+        write_geojson(annotation, geojson, image_id, pixel_size)
+        write_csv(annotation.cells, table, pixel_size)
         write_overlay(image, annotation, overlay)
     return finals
 
@@ -58,11 +60,15 @@ class SaveAnnotationd:
 
     ``data[label_key]`` is the inferer's label map (1, H, W) or (H, W) with the per-cell table in its metadata
     (``stitch.CELLS_KEY``); ``data[image_key]`` the image (C, H, W), whose metadata ``filename_or_obj`` names the
-    outputs (``<file stem>_labels.tif`` ...). Adds ``data["outputs"]``, the paths written.
+    outputs (``<file stem>_labels.tif`` ...). Adds ``data["outputs"]``, the paths written. ``pixel_size`` (um), when
+    given, is every image's; otherwise each image's file is asked for its own (``data.pixel_size_um``).
     """
 
-    def __init__(self, output_dir, label_key: str = "pred", image_key: str = "image"):
+    def __init__(self, output_dir, pixel_size: float | None = None, label_key: str = "pred", image_key: str = "image"):
         self.output_dir, self.label_key, self.image_key = Path(output_dir), label_key, image_key
+        if pixel_size is not None and not (isinstance(pixel_size, (int, float)) and pixel_size > 0):
+            raise DataError(f"pixel_size: must be the pixel's side in micrometres, a number above 0; got {pixel_size!r}")
+        self.pixel_size = pixel_size
 
     def __call__(self, data: dict) -> dict:
         labels, image = data[self.label_key], data[self.image_key]
@@ -75,14 +81,18 @@ class SaveAnnotationd:
                                 cells=cells_from_tensor(table))
         source = image.meta.get("filename_or_obj", "image") if hasattr(image, "meta") else "image"
         image_id = image_id_of(str(source))
+        pixel_size = self.pixel_size or (pixel_size_um(source) if Path(str(source)).is_file() else None)
         data = dict(data)
-        data["outputs"] = [str(p) for p in write_outputs(annotation, torch.as_tensor(image), self.output_dir, image_id)]
+        data["outputs"] = [str(p) for p in write_outputs(annotation, torch.as_tensor(image), self.output_dir, image_id,
+                                                         pixel_size)]
         return data
 
 
-def write_label_tiff(labels: np.ndarray, path) -> None:
+def write_label_tiff(labels: np.ndarray, path, pixel_size: float | None = None) -> None:
     dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
-    tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+    # TIFF states resolution as pixels per centimetre
+    scale = {} if pixel_size is None else {"resolution": (1e4 / pixel_size, 1e4 / pixel_size), "resolutionunit": 3}
+    tifffile.imwrite(path, labels.astype(dtype), compression="zlib", **scale)
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -155,7 +165,7 @@ def feature_id(image_id: str, label: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:{int(label)}"))
 
 
-def write_geojson(annotation: Annotation, path, image_id: str) -> None:
+def write_geojson(annotation: Annotation, path, image_id: str, pixel_size: float | None = None) -> None:
     geometries = cell_geometries(annotation.labels)
     features = []
     for row in zip(*(annotation.cells[k] for k in CELL_COLUMNS)):
@@ -173,6 +183,7 @@ def write_geojson(annotation: Annotation, path, image_id: str) -> None:
                 "measurements": {
                     "Label": cell["id"],  # the label map's value and the CSV's id
                     "Area px^2": cell["area"],
+                    **({} if pixel_size is None else {"Area µm^2": round(cell["area"] * pixel_size ** 2, 3)}),
                     "Orientation deg": round(cell["orientation_deg"], 2),
                     "Match distance": round(cell["match_distance"], 4),
                     "Archetype id": cell["archetype_id"],
@@ -229,11 +240,16 @@ def write_asap_xml(cells: list[dict], path, region) -> None:
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_csv(cells: dict, path) -> None:
+def write_csv(cells: dict, path, pixel_size: float | None = None) -> None:
+    columns = [cells[k] for k in CELL_COLUMNS]
+    header = list(CELL_COLUMNS)
+    if pixel_size is not None:
+        header.append("area_um2")
+        columns.append([round(a * pixel_size ** 2, 3) for a in cells["area"]])
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CELL_COLUMNS)
-        writer.writerows(zip(*(cells[k] for k in CELL_COLUMNS)))
+        writer.writerow(header)
+        writer.writerows(zip(*columns))
 
 
 def write_overlay(image: torch.Tensor, annotation: Annotation, path, tick: float = 8.0) -> None:

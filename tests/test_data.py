@@ -587,3 +587,19 @@ def test_writing_a_file_again_clears_what_a_killed_run_left_and_spares_a_run_in_
         tmp.write_bytes(b"whole")
     assert (tmp_path / "a_labels.tif").read_bytes() == b"whole"
     assert not killed.exists() and running.exists() and other.exists()
+
+
+def test_the_pixel_size_an_image_states_is_read_unless_it_is_no_microscopes(tmp_path):
+    import tifffile
+
+    from bundle.data import pixel_size_um
+
+    pixels = np.zeros((10, 10, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "40x.tif", pixels, photometric="rgb", resolution=(40000, 40000), resolutionunit=3)
+    assert pixel_size_um(tmp_path / "40x.tif") == pytest.approx(0.25)  # 40,000 px per cm
+    tifffile.imwrite(tmp_path / "72dpi.tif", pixels, photometric="rgb", resolution=(72, 72), resolutionunit=2)
+    assert pixel_size_um(tmp_path / "72dpi.tif") is None  # a writer's default, 353 um: no microscope's
+    Image.fromarray(pixels).save(tmp_path / "a.png", dpi=(50800, 50800))
+    assert pixel_size_um(tmp_path / "a.png") == pytest.approx(0.5, rel=1e-3)
+    Image.fromarray(pixels).save(tmp_path / "b.png")
+    assert pixel_size_um(tmp_path / "b.png") is None

@@ -328,3 +328,14 @@ def test_no_cell_is_centred_on_a_transparent_pixel(tmp_path):
     with open(tmp_path / "out" / "half_cells.csv") as f:
         rows = [float(row["centroid_row"]) for row in csv.DictReader(f)]
     assert len(rows) > 10 and min(rows) > 120  # cells in the opaque half, none centred in the transparent one
+
+
+@pytest.mark.slow
+def test_a_pixel_size_given_puts_areas_in_square_micrometres_and_a_bad_one_is_one_line(tmp_path):
+    run_inference(output_dir=str(tmp_path / "out"), pixel_size=0.25)
+    with open(tmp_path / "out" / f"{SAMPLE_ID}_cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["area_um2"]) == pytest.approx(int(r["area"]) * 0.0625, abs=1e-3) for r in rows)
+    with pytest.raises(Exception) as raised:
+        run_inference(output_dir=str(tmp_path / "bad"), pixel_size=-1)
+    assert error_line(raised.value).startswith("error: pixel_size: must be the pixel's side in micrometres")

@@ -176,6 +176,23 @@ def test_cell_records_carry_the_measurements_of_the_csv():
     assert records[1]["centroid"] == [12.5, 12.5]  # the centre of pixel (12, 12), on QuPath's grid
 
 
+def test_with_a_pixel_size_the_label_tiff_states_it_and_areas_come_in_square_micrometres_too(tmp_path):
+    from bundle.data import pixel_size_um
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 2
+    write_outputs(annotation_of(labels), torch.rand(3, 20, 20), tmp_path, "img", pixel_size=0.5)
+    assert pixel_size_um(tmp_path / "img_labels.tif") == pytest.approx(0.5)  # what QuPath and Fiji read
+    with open(tmp_path / "img_cells.csv") as f:
+        assert [float(row["area_um2"]) for row in csv.DictReader(f)] == [4.0, 6.25]
+    features = json.loads((tmp_path / "img.geojson").read_text())["features"]
+    assert [feature["properties"]["measurements"]["Area µm^2"] for feature in features] == [4.0, 6.25]
+    write_outputs(annotation_of(labels), torch.rand(3, 20, 20), tmp_path / "px", "img")  # none known: pixels only
+    with open(tmp_path / "px" / "img_cells.csv") as f:
+        assert "area_um2" not in next(csv.reader(f))
+    assert pixel_size_um(tmp_path / "px" / "img_labels.tif") is None
+
+
 def test_each_feature_has_a_stable_uuid_and_its_label_as_a_measurement(tmp_path):
     import uuid
 
