@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -21,11 +22,12 @@ import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar as IgniteProgressBar
 from monai.handlers import CheckpointSaver
+from monai.handlers import ValidationHandler as MonaiValidationHandler
 from monai.inferers import Inferer
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointLoader
-from .data import list_dataset, read_image
+from .checkpoint import CheckpointLoader, read_checkpoint
+from .data import DataError, list_dataset, read_image
 from .detect import hematoxylin_maxima
 from .fields import dihedral
 from .patches import CROP_SIZE, PATCH_SIZE, centre_crop, crop_patches
@@ -186,8 +188,10 @@ class ResumableCheckpoint:
     hold this one).
     """
 
-    def __init__(self, ckpt_dir, save_dict: dict, resume: bool = True):
+    def __init__(self, ckpt_dir, save_dict: dict, resume: bool = True, bank_path=None):
         self.ckpt_dir, self.save_dict, self.resume = Path(ckpt_dir), dict(save_dict), resume
+        # the bank trained on, by content: a run folder resumed with another bank must not silently continue
+        self.bank = BankFingerprint(bank_path) if bank_path is not None else None
 
     def latest(self) -> Path | None:
         """The newest epoch checkpoint in ``ckpt_dir``, or None."""
@@ -196,13 +200,46 @@ class ResumableCheckpoint:
         return max(found)[1] if found else None
 
     def attach(self, engine) -> None:
-        save_dict = {**self.save_dict, "trainer": engine}
+        save_dict = {**self.save_dict, "trainer": engine, **({"bank": self.bank} if self.bank else {})}
         latest = self.latest() if self.resume else None
         if latest is not None:
+            stored = read_checkpoint(latest, "training checkpoint")  # a truncated file: one line, not a traceback
+            if self.bank is not None and "bank" in stored and stored["bank"] != self.bank.state_dict():
+                raise DataError(f"{latest}: this run folder holds training on another bank than {self.bank.path}; "
+                                "give a new --ckpt_dir, or --resume False to start over here")
             logger.info("resuming from %s", latest)
-            CheckpointLoader(load_path=str(latest), load_dict=save_dict, map_location="cpu").attach(engine)
+            load_dict = {k: v for k, v in save_dict.items() if k != "bank" or "bank" in stored}
+            CheckpointLoader(load_path=str(latest), load_dict=load_dict, map_location="cpu").attach(engine)
         CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
                         epoch_level=True).attach(engine)
+
+
+class BankFingerprint:
+    """The bank a run trains on, by the sha256 of its file: saved in every epoch checkpoint (``state_dict``), so
+    ``ResumableCheckpoint`` can tell a run folder of another bank."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.is_file() else None
+
+    def state_dict(self) -> dict:
+        return {"sha256": self.sha256}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the bank is the config's; ``ResumableCheckpoint`` has compared them already."""
+
+
+class ValidationHandler(MonaiValidationHandler):
+    """MONAI's, validating every ``interval`` epochs, and after the last epoch too when that one is off the interval:
+    a run shorter than ``val_interval`` epochs still validates, so it still writes its best ``model.pt``."""
+
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self.after_the_last_epoch)
+
+    def after_the_last_epoch(self, engine) -> None:
+        if engine.state.epoch % self.interval:
+            self(engine)
 
 
 def progress_output(output) -> dict:

@@ -104,6 +104,37 @@ def test_training_writes_the_best_weights_with_their_recipe_and_resumes_from_the
     assert (tmp_path / "run" / "checkpoint_epoch=2.pt").is_file()
 
 
+@pytest.mark.slow
+def test_resuming_is_refused_for_another_bank_or_a_damaged_checkpoint_and_a_short_run_still_writes_its_model(
+        tiny_dataset, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.bank import build_bank, save_bank
+    from bundle.workflow import error_line
+
+    banks = [save_bank(build_bank(tiny_dataset, fraction=fraction, seed=0, progress=False), tmp_path / f"{i}.pt")
+             for i, fraction in enumerate((1.0, 0.5))]
+
+    def train(bank, epochs=1, val_interval=5):
+        workflow = ConfigWorkflow(config_file=[str(ROOT / "configs" / name) for name in TRAIN["invariant"]],
+                                  workflow_type=None, bundle_root=str(ROOT), bank_path=str(bank),
+                                  ckpt_dir=str(tmp_path / "run"), device="$torch.device('cpu')", cells_per_batch=8,
+                                  val_interval=val_interval, **{"train#trainer#max_epochs": epochs})
+        workflow.initialize()
+        workflow.run()
+
+    train(banks[0])  # one epoch, validation every five: validated after its last epoch all the same
+    assert (tmp_path / "run" / "model.pt").is_file()
+    with pytest.raises(Exception) as raised:
+        train(banks[1], epochs=2)
+    assert "this run folder holds training on another bank" in error_line(raised.value)
+    checkpoint = next((tmp_path / "run").glob("checkpoint_epoch=*.pt"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a run killed while writing it
+    with pytest.raises(Exception) as raised:
+        train(banks[0], epochs=2)
+    assert error_line(raised.value).startswith(f"error: {checkpoint}: not a readable training checkpoint")
+
+
 @pytest.mark.parametrize("which", ["invariant", "mapping"])
 def test_the_evaluate_overlay_runs_validation_on_given_weights(tiny_dataset, tmp_path, which):
     from monai.bundle import ConfigWorkflow
@@ -144,12 +175,13 @@ def test_the_multi_gpu_overlay_keeps_every_initialize_step_of_the_training_confi
 
 
 @pytest.mark.slow
-def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("which", ["invariant", "mapping"])
+def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_dataset, tmp_path, which):
     from bundle.bank import build_bank, save_bank
     from bundle.checkpoint import recipe_of
 
     bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
-    configs = [str(ROOT / "configs" / name) for name in TRAIN["invariant"] + ["multi_gpu_train.yaml"]]
+    configs = [str(ROOT / "configs" / name) for name in TRAIN[which] + ["multi_gpu_train.yaml"]]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
          "-m", "monai.bundle", "run", "--config_file", str(configs), "--bundle_root", str(ROOT),
@@ -160,10 +192,9 @@ def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_
     # rank 0 alone saves, and what it saves is the bare network's weights, loadable without DDP
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint_epoch=1.pt", "model.pt"]
     assert recipe_of(tmp_path / "run" / "model.pt")["max_epochs"] == 1
-    network = training_config("invariant").get_parsed_content("network_def")
     from bundle.checkpoint import load_weights
 
-    load_weights(network, tmp_path / "run" / "model.pt")
+    load_weights(training_config(which).get_parsed_content("network_def"), tmp_path / "run" / "model.pt")
 
 
 @pytest.mark.slow
