@@ -180,6 +180,35 @@ def _read_with_tifffile(path: pathlib.Path) -> np.ndarray | None:
                     "file is read: save the grey or RGB image to annotate on its own")
 
 
+def _read_exif_rotated(path: pathlib.Path) -> np.ndarray | None:
+    """A JPEG or PNG whose EXIF orientation says it is displayed turned or mirrored, as it is displayed (what the user
+    sees, and draws annotations on); None for any other file, which the other readers take as stored."""
+    if _suffix(path) not in (".jpg", ".jpeg", ".png"):
+        return None
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            if image.getexif().get(0x0112, 1) in (0, 1):  # EXIF Orientation: stored as displayed
+                return None
+            return np.array(ImageOps.exif_transpose(image))
+    except Exception:  # damaged: ITK says what is wrong
+        return None
+
+
+def _is_one_bit(path) -> bool:
+    """Whether a PNG stores 1-bit pixels, which ITK hands over as 0 and 255 (tifffile gives a TIFF's as bool)."""
+    if _suffix(path) != ".png":
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode == "1"
+    except Exception:
+        return False
+
+
 def _read_with_nibabel(path: pathlib.Path) -> np.ndarray:
     """NIfTI pixels in nibabel's storage order.
 
@@ -225,6 +254,8 @@ def _read_array(path) -> np.ndarray:
         if _suffix(path) in NIFTI_SUFFIXES:
             array = _read_with_nibabel(path)
         elif (array := _read_with_tifffile(path)) is not None:
+            pass
+        elif (array := _read_exif_rotated(path)) is not None:
             pass
         else:
             with _native_stderr_kept(native):
@@ -303,8 +334,9 @@ def read_image_and_opacity(path) -> tuple[torch.Tensor, np.ndarray | None]:
         opaque = None if opaque.all() else opaque
         array = array[..., :-1]
 
-    if array.dtype == bool:
-        array = array.astype(np.float32)
+    if array.dtype == bool or _is_one_bit(path):
+        raise DataError(f"{path}: is a 1-bit (black and white) image, which holds no stain; is it a mask? Give the "
+                        "image it was made from")
     elif np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.float32) / np.iinfo(array.dtype).max
     elif np.issubdtype(array.dtype, np.floating):

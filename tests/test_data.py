@@ -603,3 +603,21 @@ def test_the_pixel_size_an_image_states_is_read_unless_it_is_no_microscopes(tmp_
     assert pixel_size_um(tmp_path / "a.png") == pytest.approx(0.5, rel=1e-3)
     Image.fromarray(pixels).save(tmp_path / "b.png")
     assert pixel_size_um(tmp_path / "b.png") is None
+
+
+def test_a_photo_with_an_exif_rotation_is_read_as_it_is_displayed(tmp_path):
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:10, :20] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # displayed turned a quarter clockwise
+    image.save(tmp_path / "a.jpg", exif=exif.tobytes(), quality=100)
+    read = read_image(tmp_path / "a.jpg")
+    assert read.shape == (3, 60, 40)  # as displayed
+    assert read[:, :20, -10:].mean() > 0.9 and read[:, 20:, :].mean() < 0.1  # the bright corner turned to the top right
+
+
+def test_a_one_bit_image_is_refused_as_holding_no_stain(tmp_path):
+    Image.fromarray(np.random.default_rng(0).random((40, 60)) > 0.5).save(tmp_path / "mask.png")
+    with pytest.raises(DataError, match=r"mask\.png: is a 1-bit"):
+        read_image(tmp_path / "mask.png")
