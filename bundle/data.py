@@ -198,7 +198,7 @@ def _read_exif_rotated(path: pathlib.Path) -> np.ndarray | None:
 
 def _is_one_bit(path) -> bool:
     """Whether a PNG stores 1-bit pixels, which ITK hands over as 0 and 255 (tifffile gives a TIFF's as bool)."""
-    if _suffix(path) != ".png":
+    if _suffix(pathlib.Path(path)) != ".png":
         return False
     from PIL import Image
 

@@ -620,4 +620,6 @@ def test_a_photo_with_an_exif_rotation_is_read_as_it_is_displayed(tmp_path):
 def test_a_one_bit_image_is_refused_as_holding_no_stain(tmp_path):
     Image.fromarray(np.random.default_rng(0).random((40, 60)) > 0.5).save(tmp_path / "mask.png")
     with pytest.raises(DataError, match=r"mask\.png: is a 1-bit"):
-        read_image(tmp_path / "mask.png")
+        read_image(str(tmp_path / "mask.png"))  # a path as a string, as configs give it
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "rgb.png")
+    assert read_image(str(tmp_path / "rgb.png")).shape == (3, 40, 60)
