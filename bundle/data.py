@@ -115,6 +115,8 @@ def image_id_of(path) -> str:
 def _existing_file(path) -> pathlib.Path:
     path = pathlib.Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise DataError(f"{path}: a symbolic link that leads to no file (a broken link, or a loop of links)")
         raise DataError(f"{path}: file not found")
     return path
 
@@ -618,7 +620,11 @@ class Sample:
 def _find_images(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     images: dict[str, pathlib.Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or _suffix(path) not in IMAGE_SUFFIXES:
+        if path.name.startswith(".") or _suffix(path) not in IMAGE_SUFFIXES:
+            continue
+        if not path.is_file():
+            if path.is_symlink():  # an image the user meant to include: say so rather than skip it
+                _existing_file(path)
             continue
         image_id = image_id_of(path)
         if image_id in images:
