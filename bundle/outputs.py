@@ -165,14 +165,19 @@ def feature_id(image_id: str, label: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:{int(label)}"))
 
 
-def write_geojson(annotation: Annotation, path, image_id: str, pixel_size: float | None = None) -> None:
+def outlined_cells(annotation: Annotation):
+    """Each cell's row of the table (a dict by ``CELL_COLUMNS``) with its geometry (``cell_geometries``), in label
+    order; a row whose label has no pixel left is skipped."""
     geometries = cell_geometries(annotation.labels)
-    features = []
     for row in zip(*(annotation.cells[k] for k in CELL_COLUMNS)):
         cell = dict(zip(CELL_COLUMNS, row))
-        geometry = geometries.get(cell["id"])
-        if geometry is None:
-            continue
+        if cell["id"] in geometries:
+            yield cell, geometries[cell["id"]]
+
+
+def write_geojson(annotation: Annotation, path, image_id: str, pixel_size: float | None = None) -> None:
+    features = []
+    for cell, geometry in outlined_cells(annotation):
         features.append({
             "type": "Feature",
             "id": feature_id(image_id, cell["id"]),
@@ -199,13 +204,8 @@ def cell_records(annotation: Annotation, offset=(0, 0)) -> list[dict]:
     """Every cell as JSON: its label, outline (QuPath's grid: [x, y] pairs, offset by the region's corner), centroid
     and measurements, the same as the GeoJSON and CSV outputs carry."""
     x0, y0 = offset
-    geometries = cell_geometries(annotation.labels)
     records = []
-    for row in zip(*(annotation.cells[k] for k in CELL_COLUMNS)):
-        cell = dict(zip(CELL_COLUMNS, row))
-        geometry = geometries.get(cell["id"])
-        if geometry is None:
-            continue
+    for cell, geometry in outlined_cells(annotation):
         pieces = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
         records.append({
             "label": cell["id"],
