@@ -39,7 +39,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
-from .bank import BANK_KEYS, concatenate, extract_cells, load_bank, save_bank, take
+from .bank import concatenate, extract_cells, load_bank, save_bank, take
 from .checkpoint import load_weights
 from .data import DataError, read_image, read_image_and_opacity, read_instances, written_atomically
 from .detect import calibrate_proposals
@@ -192,6 +192,11 @@ def grown_bank(shipped: dict, corrections: list[dict], studies) -> dict:
     """The shipped bank with the users' cells added. A corrected image's own cells replace any the bank held from
     it (a label submitted again replaces, never duplicates). The stain proposals are recalibrated on the users' cells,
     in their own images: they are what this user's tissue looks like."""
+    channels = shipped["images"].shape[1]
+    for cells in corrections:
+        if len(cells["cell_ids"]) and cells["images"].shape[1] != channels:
+            raise DataError(f"{cells['image_ids'][0]}: a corrected image of {cells['images'].shape[1]} channel(s) "
+                            f"cannot join a bank of {channels}-channel archetypes")
     corrected_ids = {i for cells in corrections for i in cells["image_ids"]}
     kept = [i for i, image_id in enumerate(shipped["image_ids"]) if image_id not in corrected_ids]
     new = concatenate([c for c in corrections if len(c["cell_ids"])]) if corrections else {}
@@ -226,7 +231,7 @@ class LearnFromCorrections(TrainTask):
         start = time.perf_counter()
         shipped = load_bank(self.bundle_root / "models" / "bank.pt")
         bank = grown_bank(shipped, corrected_cells(datastore), self.studies)
-        save_bank({k: bank[k] for k in BANK_KEYS}, self.bank_path)
+        save_bank(bank, self.bank_path)
         result = {"cells": len(bank["image_ids"]), "added": bank["meta"]["corrections"]["cells"],
                   "corrected_images": bank["meta"]["corrections"]["images"],
                   "seconds": round(time.perf_counter() - start, 3)}
@@ -254,7 +259,8 @@ class MostUncertainImage(Strategy):
             path = Path(datastore.get_image_uri(image_id))
             stamp = [bank, path.stat().st_mtime_ns]
             if scores.get(image_id, {}).get("stamp") != stamp:
-                uncertainty = np.asarray(self.annotator(read_image(path)).cells["uncertainty"], dtype=float)
+                uncertainty = np.asarray(self.annotator(*read_image_and_opacity(path)).cells["uncertainty"],
+                                         dtype=float)
                 mean = float(np.nanmean(uncertainty)) if np.isfinite(uncertainty).any() else 0.0
                 scores[image_id] = {"stamp": stamp, "uncertainty": mean, "cells": int(len(uncertainty))}
         with written_atomically(self.record) as (tmp,):

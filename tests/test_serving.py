@@ -172,3 +172,16 @@ def test_a_label_submitted_again_replaces_that_images_cells_in_the_bank_instead_
     assert len(once["image_ids"]) == len(shipped["image_ids"]) + n == len(twice["image_ids"])
     assert once["meta"]["corrections"] == {"images": ["a"], "cells": n}
     assert "proposals" in once["meta"]  # recalibrated on the user's cells
+
+
+def test_a_corrected_grey_image_cannot_join_a_bank_of_colour_archetypes(studies):
+    from bundle.bank import extract_cells, load_bank
+    from bundle.data import DataError
+    from bundle.serving import grown_bank
+
+    folder, truth = studies
+    image, _ = load_sample(list_dataset(ROOT / "docs" / "sample")[0])
+    cells = extract_cells(image[:1, :, :200], truth)  # one channel
+    cells.update(image_ids=["grey"] * len(cells["cell_ids"]), organs=[""] * len(cells["cell_ids"]))
+    with pytest.raises(DataError, match="grey: a corrected image of 1 channel"):
+        grown_bank(load_bank(ROOT / "models" / "bank.pt"), [cells], folder)
