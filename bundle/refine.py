@@ -35,6 +35,9 @@ LR = 0.8  # px of velocity per Adam step at half resolution
 SCALE = 2  # the fit runs at 1 / SCALE resolution: 4x fewer pixels, and nuclei are > 10 px wide
 CONTROL = 4  # px between velocity control points at that resolution
 SMOOTH = 1e-4  # keeps v small where the evidence says nothing (e.g. an empty window)
+# cells fitted together: on 2 CPU cores 2,400 cells took 1.8 s in one batch and 1.0 s in chunks of 256 (128 to 512
+# alike), the working set of a chunk staying in cache
+CHUNK = 256
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,11 @@ def cell_evidence(foreground: np.ndarray, instances: np.ndarray, centres: np.nda
 def follow_image(masks: torch.Tensor, evidence: torch.Tensor, steps: int = STEPS) -> torch.Tensor:
     """The refining field r (N, 2, P, P) with ``masks`` o r fitted to ``evidence`` (see the module docstring).
 
-    Runs with gradients enabled whatever the caller's mode (the fit is an optimisation), on the masks' device."""
+    Runs with gradients enabled whatever the caller's mode (the fit is an optimisation), on the masks' device, ``CHUNK``
+    cells at a time: each cell's fit is its own (Adam works element by element), so chunks change nothing but speed."""
+    if len(masks) > CHUNK:
+        return torch.cat([follow_image(masks[i : i + CHUNK], evidence[i : i + CHUNK], steps)
+                          for i in range(0, len(masks), CHUNK)])
     n, _, p, _ = masks.shape
     if n == 0:
         return masks.new_zeros(n, 2, p, p)

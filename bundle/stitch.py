@@ -76,32 +76,54 @@ def stitch(masks: torch.Tensor, centres: np.ndarray, shape: tuple[int, int], con
                     empty=empty)
 
 
-def cell_table(labels: np.ndarray, kept: np.ndarray, warped: dict, index: torch.Tensor, distance: torch.Tensor) -> dict:
-    """Per-cell measurements (``CELL_COLUMNS``) in label order (label i + 1 is cell ``kept[i]``).
-
-    Area and centroid come from the stitched label map, so the table always agrees with it; orientation is read from
-    the cell's warped ramp; ``uncertainty`` is ``warped["uncertainty"]`` (how far the registered archetype is from the
-    image's own evidence of the cell, ``bundle.inferer``), nan without that evidence. All cells at once: one bincount
-    per column over the label map.
-    """
-    n = len(kept)
+def cell_geometry(labels: np.ndarray, n: int) -> dict:
+    """Id, area and centroid of labels 1..n of an instance map (H, W): one bincount per column, no loop over cells.
+    A label left without pixels has no centroid (nan)."""
     flat = labels.ravel()
     rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
     area = np.bincount(flat, minlength=n + 1)[1 : n + 1]
-    with np.errstate(invalid="ignore"):  # a label left without pixels has no centroid: nan
+    with np.errstate(invalid="ignore"):
         centroid_row = np.bincount(flat, rows, minlength=n + 1)[1 : n + 1] / area
         centroid_col = np.bincount(flat, cols, minlength=n + 1)[1 : n + 1] / area
+    return {"id": list(range(1, n + 1)), "area": area.tolist(), "centroid_row": centroid_row.tolist(),
+            "centroid_col": centroid_col.tolist()}
+
+
+def cell_measurements(kept: np.ndarray, warped: dict, index: torch.Tensor, distance: torch.Tensor) -> dict:
+    """What each kept cell (indices ``kept`` into the per-cell inputs) carries from its archetype: orientation, read
+    from its warped ramp; match distance and archetype id; folding; ``uncertainty``, ``warped["uncertainty"]`` (how
+    far the registered archetype is from the image's own evidence of the cell, ``bundle.inferer``), nan without it."""
+    n = len(kept)
     kept_t = torch.as_tensor(kept, dtype=torch.long)
     if n:
         orientation = orientation_from_ramp(warped["ramp"][kept_t].cpu(), warped["mask"][kept_t].cpu())
     else:
         orientation = torch.zeros(0)
-    return {"id": list(range(1, n + 1)), "centroid_row": centroid_row.tolist(), "centroid_col": centroid_col.tolist(),
-            "area": area.tolist(), "orientation_deg": orientation.tolist(),
-            "match_distance": distance[kept_t].cpu().tolist(), "archetype_id": index[kept_t].cpu().tolist(),
-            "folded_pct": warped["folded_pct"][kept_t].cpu().tolist(),
+    return {"orientation_deg": orientation.tolist(), "match_distance": distance[kept_t].cpu().tolist(),
+            "archetype_id": index[kept_t].cpu().tolist(), "folded_pct": warped["folded_pct"][kept_t].cpu().tolist(),
             "uncertainty": (warped["uncertainty"][kept_t].cpu().tolist() if "uncertainty" in warped
                             else [float("nan")] * n)}
+
+
+def cell_table(labels: np.ndarray, kept: np.ndarray, warped: dict, index: torch.Tensor, distance: torch.Tensor) -> dict:
+    """Per-cell table (``CELL_COLUMNS``) in label order (label i + 1 is cell ``kept[i]``): area and centroid from the
+    stitched label map, so the table always agrees with it; the rest from ``cell_measurements``."""
+    return {**cell_geometry(labels, len(kept)), **cell_measurements(kept, warped, index, distance)}
+
+
+def regions(shape: tuple[int, int], tile: int, margin: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """The grid of a large image (H, W): per tile, its core (r0, r1, c0, c1), at most ``tile`` px a side, the cores
+    covering the image without overlap, and its region: the core plus ``margin`` px of context each side, clipped to
+    the image. A cell belongs to the tile whose core holds its centre, so no nucleus is counted twice or cut at a
+    seam as long as the margin holds a whole nucleus and the cells it competes with for pixels."""
+    h, w = shape
+    out = []
+    for r0 in range(0, h, tile):
+        for c0 in range(0, w, tile):
+            r1, c1 = min(r0 + tile, h), min(c0 + tile, w)
+            out.append(((r0, r1, c0, c1),
+                        (max(r0 - margin, 0), min(r1 + margin, h), max(c0 - margin, 0), min(c1 + margin, w))))
+    return out
 
 
 @dataclass
@@ -145,14 +167,7 @@ def with_corrections(annotation: Annotation, corrected: np.ndarray) -> Annotatio
         cells["folded_pct"].append(0.0)
         cells["uncertainty"].append(0.0)
     # areas and centroids from the merged map: a found cell may have lost pixels to a corrected one
-    total = len(keep) + len(drawn)
-    flat = merged.ravel()
-    rows, cols = np.divmod(np.arange(flat.size), merged.shape[1])
-    area = np.bincount(flat, minlength=total + 1)[1:]
-    with np.errstate(invalid="ignore"):
-        cells["centroid_row"] = (np.bincount(flat, rows, minlength=total + 1)[1:] / area).tolist()
-        cells["centroid_col"] = (np.bincount(flat, cols, minlength=total + 1)[1:] / area).tolist()
-    cells["area"], cells["id"] = area.tolist(), list(range(1, total + 1))
+    cells.update(cell_geometry(merged, len(keep) + len(drawn)))
     return Annotation(merged, cells, annotation.seconds, annotation.n_proposals, annotation.n_duplicates)
 
 

@@ -10,6 +10,7 @@ a bug to report, not a mistake of the user's.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,19 +87,20 @@ def check_output_dir(output_dir) -> Path:
     """The folder the outputs go to (``--output_dir``), created if missing and tried with a file, refused with one
     line when nothing can be written there: found before the first image is annotated, not after it."""
     folder = Path(output_dir)
-    with written_atomically(folder / ".diffkillr_write_check") as (probe,):
+    check = folder / f".diffkillr_write_check.{os.getpid()}"  # one per process: torchrun's ranks check at once
+    with written_atomically(check) as (probe,):
         probe.write_bytes(b"")
-    (folder / ".diffkillr_write_check").unlink()
+    check.unlink()
     return folder
 
 
 class AnnotationProgress:
     """Evaluator handler: a progress bar over the images, a line per image (cells found, seconds) and, at the end,
-    where the outputs are."""
+    where the outputs are. ``bar`` False: the lines without the bar (torchrun's ranks after the first)."""
 
-    def __init__(self, output_dir):
+    def __init__(self, output_dir, bar: bool = True):
         self.output_dir = Path(output_dir)
-        self.bar, self.start = None, 0.0
+        self.show_bar, self.bar, self.start = bar, None, 0.0
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -107,7 +109,7 @@ class AnnotationProgress:
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def started(self, engine) -> None:
-        self.bar = tqdm(total=engine.state.epoch_length, desc="annotating", unit="image")
+        self.bar = tqdm(total=engine.state.epoch_length, desc="annotating", unit="image", disable=not self.show_bar)
 
     def image_started(self, engine) -> None:
         self.start = time.perf_counter()

@@ -10,6 +10,7 @@ in ``bundle.benchmarks``, this is their command line.
 * ``registration``: DiffeoMappingNet against demons and ANTs, and on synthetic shapes (``bundle.benchmarks.registration``);
 * ``speed``, ``serve``: inference settings compared in one process; the MONAI Label app against the workflow it serves
   (``bundle.benchmarks.speed``, ``bundle.benchmarks.serve_latency``);
+* ``mosaic``: mosaics of tiles as large images, region by region, against their tiles (``bundle.benchmarks.mosaic``);
 * ``tune-baselines``, ``sizes``: the label-free baselines' parameters from grids on the train tiles; how large the
   nuclei are (``bundle.benchmarks.tuning``, ``bundle.benchmarks.sizes``).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bundle.benchmarks import matching, registration, serve_latency, sizes, speed, tuning, whole_image
+from bundle.benchmarks import matching, mosaic, registration, serve_latency, sizes, speed, tuning, whole_image
 from bundle.benchmarks.protocol import ROOT, Setting, write_json
 from bundle.data import DataError
 
@@ -51,16 +52,13 @@ def mapping_training(args) -> dict:
 
 
 def run(args) -> dict:
-    if args.command == "sizes":
-        return sizes.run(args.data_dir)
-    if args.command == "tune-baselines":
-        result = tuning.run(args.data_dir)
-        tuning.print_summary(result)
-        return result
-    if args.command in ("speed", "serve"):
-        module = speed if args.command == "speed" else serve_latency
-        result = module.run(args.data_dir, organ=args.organ, split=args.split, repeats=args.repeats, device=args.device)
-        module.print_summary(result)
+    simple = {"sizes": (sizes, ()), "tune-baselines": (tuning, ()), "mosaic": (mosaic, ("organ", "split", "device")),
+              "speed": (speed, ("organ", "split", "repeats", "device")),
+              "serve": (serve_latency, ("organ", "split", "repeats", "device"))}
+    if args.command in simple:
+        module, options = simple[args.command]
+        result = module.run(args.data_dir, **{k: getattr(args, k) for k in options})
+        getattr(module, "print_summary", lambda r: None)(result)
         return result
     if args.command == "annotate":
         result = whole_image.run(setting_of(args), seeds_of(args), args.unet_iterations, args.methods)
@@ -92,6 +90,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("speed", help="seconds per tile by stage for inference settings, compared in one process")
     t = sub.add_parser("tune-baselines", help="the label-free baselines' parameters from grids on the train tiles")
     z = sub.add_parser("sizes", help="the largest extent of every annotated nucleus")
+    x = sub.add_parser("mosaic", help="mosaics of tiles as large images: cells, time, memory and seams against the tiles")
     v = sub.add_parser("serve", help="the MONAI Label app's /infer and /train against the workflow, in one session")
     for p in (a, m, r):
         p.add_argument("--train-dir", required=True, help="dataset folder whose train rows give the bank")
@@ -125,15 +124,16 @@ def main(argv=None) -> int:
     a.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=whole_image.METHODS,
                    help="comma-separated subset of the methods (default: all)")
     a.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")
-    for p in (s, t, z, v):
+    for p in (s, t, z, v, x):
         p.add_argument("--data-dir", required=True, help="dataset folder")
-    for p in (s, v):
+    for p in (s, v, x):
         p.add_argument("--organ", default=None)
         p.add_argument("--split", default="test")
+    for p in (s, v):
         p.add_argument("--repeats", type=int, default=3)
-    for p in (a, m, r, s, v):
+    for p in (a, m, r, s, v, x):
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for p in (a, m, r, s, t, z, v):
+    for p in (a, m, r, s, t, z, v, x):
         p.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
     try:

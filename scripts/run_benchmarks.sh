@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/monuseg}
-mkdir -p eval/speed eval/serve eval/ablation eval/effort
+mkdir -p eval/speed eval/serve eval/mosaic eval/ablation eval/effort
 # how large the nuclei are: the patch and crop sizes of bundle/patches.py
 python scripts/benchmark.py sizes --data-dir "$DATA" --json eval/nucleus_sizes.json
 # the label-free baselines' defaults (bundle/benchmarks/baselines/segmentation.py): grids on the train tiles
@@ -34,6 +34,8 @@ for organ in Kidney Lung; do
   # inference settings compared in one process (machines are noisy: compare ratios, not seconds across days)
   python scripts/benchmark.py speed --data-dir "$DATA" --organ "$organ" --json "eval/speed/speed_$o.json"
 done
+# large images: mosaics of the test tiles region by region against their tiles one by one, and the seam check
+python scripts/benchmark.py mosaic --data-dir "$DATA" --json eval/mosaic/mosaic.json
 # the MONAI Label app's /infer and /train against the workflow it serves (needs the test install of README.md)
 python scripts/benchmark.py serve --data-dir "$DATA" --organ Kidney --json eval/serve/serve_kidney.json
 # DiffeoMappingNet trained from scratch for 20 epochs with each backbone, then with and without the Dice label term

@@ -330,3 +330,35 @@ def test_selftraining_writes_a_student_the_workflow_then_detects_with(tiny_datas
     annotation = inferer.annotate(image, parser.get_parsed_content("network"))
     assert annotation.labels.shape == (160, 200)
     assert all(0 <= u <= 1 for u in annotation.cells["uncertainty"])
+
+
+def test_the_multi_gpu_inference_overlay_keeps_every_initialize_step_of_the_inference_config():
+    base, overlay = ConfigParser(), ConfigParser()
+    base.read_config(str(ROOT / "configs" / "inference.yaml"))
+    overlay.read_config([str(ROOT / "configs" / name) for name in ("inference.yaml", "multi_gpu_inference.yaml")])
+    steps = [step if isinstance(step, str) else step["_target_"] for step in overlay["initialize"]]
+    for step in base["initialize"]:
+        assert (step if isinstance(step, str) else step["_target_"]) in steps, step
+    assert overlay["dataloader#dataset"] == "@dataset"  # the overlay changes keys, not the whole section
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_write_exactly_the_outputs_of_one_process(tiny_dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(ROOT), "--dataset_dir", str(tiny_dataset)]
+    one = subprocess.run(run + ["--config_file", str(ROOT / "configs" / "inference.yaml"),
+                                "--output_dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    configs = str([str(ROOT / "configs" / name) for name in ("inference.yaml", "multi_gpu_inference.yaml")])
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                          "--nproc_per_node=2"] + run[1:] + ["--config_file", configs, "--output_dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert len([f for f in files if f.endswith("_labels.tif")]) == 4  # every image once, by one rank or the other
+    for name in files:
+        if name.endswith((".tif", ".csv", ".geojson")):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -52,3 +52,14 @@ def test_a_cells_evidence_leaves_out_its_neighbours():
 
 def test_no_cells_no_fields():
     assert follow_image(torch.zeros(0, 1, 64, 64), torch.zeros(0, 1, 64, 64)).shape == (0, 2, 64, 64)
+
+
+def test_cells_are_fitted_alone_so_chunking_the_batch_changes_nothing(monkeypatch):
+    import bundle.refine as refine
+
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(10, 1, 64, 64, generator=generator) > 0.5).float()
+    evidence = torch.rand(10, 1, 64, 64, generator=generator)
+    together = follow_image(masks, evidence)
+    monkeypatch.setattr(refine, "CHUNK", 3)
+    assert torch.allclose(follow_image(masks, evidence), together, atol=1e-5)

@@ -12,7 +12,7 @@ from skimage.draw import polygon as draw_polygon
 from skimage.measure import find_contours
 
 from bundle.outputs import cell_geometries, cell_records, without_collinear_points, write_asap_xml, write_outputs
-from bundle.stitch import CELL_COLUMNS, Annotation, cells_from_tensor, cells_to_tensor, stitch
+from bundle.stitch import CELL_COLUMNS, Annotation, cells_from_tensor, cells_to_tensor, regions, stitch
 
 
 def disk(p=16, r=4.0, centre=(8, 8)):
@@ -259,3 +259,16 @@ def test_an_image_without_cells_gives_empty_outputs(tmp_path):
     write_outputs(annotation_of(np.zeros((20, 20), np.int32)), torch.rand(3, 20, 20), tmp_path, "empty")
     assert json.loads((tmp_path / "empty.geojson").read_text())["features"] == []
     assert (tmp_path / "empty_cells.csv").read_text().strip() == ",".join(CELL_COLUMNS)
+
+
+def test_the_region_cores_cover_a_large_image_once_and_each_region_adds_its_margin_inside_the_image():
+    shape, tile, margin = (300, 520), 128, 40
+    cover = np.zeros(shape, int)
+    grid = regions(shape, tile, margin)
+    for (r0, r1, c0, c1), (q0, q1, p0, p1) in grid:
+        cover[r0:r1, c0:c1] += 1
+        assert r1 - r0 <= tile and c1 - c0 <= tile
+        assert (q0, p0) == (max(r0 - margin, 0), max(c0 - margin, 0))
+        assert (q1, p1) == (min(r1 + margin, shape[0]), min(c1 + margin, shape[1]))
+    assert (cover == 1).all()
+    assert len(grid) == 3 * 5

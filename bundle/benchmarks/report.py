@@ -398,7 +398,7 @@ def render_card(text: str, root: Path) -> str:
     """The model card ``text`` with every generated block rewritten from the artifacts under ``root``."""
     blocks = {"sizes": sizes_block, "calibration": calibration_block, "models": models_block,
               "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block,
-              "serve": serve_block}
+              "serve": serve_block, "mosaic": mosaic_block}
 
     def fill(match):
         name = match.group("name")
@@ -598,6 +598,35 @@ def serve_block(root: Path) -> str:
         lines += ["", "![What QuPath shows for a rectangle on the embedded sample](serve_qupath.png)", "",
                   "*The server's reply to QuPath's request for the dashed rectangle of the embedded sample: one "
                   "polygon of class Nucleus per cell, as the extension draws them.*"]
+    return "\n".join(lines) + "\n"
+
+
+def mosaic_block(root: Path) -> str:
+    """Large images region by region against their tiles one by one (``scripts/benchmark.py mosaic``)."""
+    path = root / "eval" / "mosaic" / "mosaic.json"
+    if not path.is_file():
+        return _missing("eval/mosaic/mosaic.json", "python scripts/benchmark.py mosaic --data-dir DATA")
+    r = json.loads(path.read_text())
+    base = r["one_by_one"]
+    lines = ["| image | cells | against its tiles one by one | away from the tiles' joins | s / megapixel | ratio to the "
+             "tiles | peak memory GB |", "|---|---|---|---|---|---|---|",
+             f"| its {r['tile_shape'][0]} × {r['tile_shape'][1]} tiles one by one | – | – | – | "
+             f"{base['seconds_per_mp']:.2f} | 1.00 | {base['peak_gb']:.2f} |"]
+    seams = []
+    for row in r["sizes"]:
+        lines.append(f"| {row['shape'][0]} × {row['shape'][1]} mosaic, region by region | {row['cells']:,} | "
+                     f"{row['count_change_pct']:+.2f} % ({row['tile_cells']:,}) | "
+                     f"{row['count_change_inside_pct']:+.2f} % ({row['tile_cells_inside']:,}) | {row['seconds_per_mp']:.2f} | "
+                     f"{row['time_ratio']:.2f} | {row['peak_gb']:.2f} |")
+        if "whole" in row:
+            w = row["whole"]
+            lines.append(f"| the same, as one region | {w['cells']:,} | – | – | {w['seconds_per_mp']:.2f} | "
+                         f"{w['seconds_per_mp'] / base['seconds_per_mp']:.2f} | {w['peak_gb']:.2f} |")
+            seams.append(f"Seams, on the {row['shape'][0]} × {row['shape'][1]} mosaic: of the {w['cells']:,} cells "
+                         f"annotated as one region, {100 * w['same_cell_share']:.1f} % come out region by region "
+                         f"within IoU .99 of themselves and the least alike at IoU {w['iou_min']:.3f}; "
+                         f"{w['unmatched_whole']} cells are unmatched one way and {w['unmatched_regions']} the other.")
+    lines += [""] + seams + [f"Tiles: {len(r['tiles'])} test tiles, cycled. " + measured_on(r) + " (`eval/mosaic/`)"]
     return "\n".join(lines) + "\n"
 
 
