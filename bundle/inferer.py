@@ -191,7 +191,8 @@ class ArchetypeInferer(Inferer):
     def annotate_regions(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
                          opaque: np.ndarray | None = None) -> Annotation:
         """``annotate`` of a large image, region by region (``stitch.regions``: cores of ``TILE`` px with ``MARGIN``
-        px of context), so that memory follows the region, not the image.
+        px of context), so that the networks' working memory follows the region (the image and its label map are
+        still held whole).
 
         Each region is annotated and stitched on its own, and keeps the cells centred in its core. A cell's rivals
         for pixels lie within a patch of it, hence inside the region too, so the neighbouring region resolves their
