@@ -86,15 +86,20 @@ IMAGES = {
 }
 
 
+def fails_in_one_line(call, expected: str) -> None:
+    """``call()`` raises a DataError whose message is one line and contains the pattern ``expected``."""
+    with pytest.raises(DataError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message and re.search(expected, message), message
+
+
 @pytest.mark.parametrize("case", list(IMAGES))
 def test_an_image_file(tmp_path, case):
     build, expected = IMAGES[case]
     path = build(tmp_path)
     if isinstance(expected, str):
-        with pytest.raises(DataError) as raised:
-            read_image(path)
-        assert re.fullmatch(f".*{expected}.*", str(raised.value).splitlines()[0]), str(raised.value)
-        assert "\n" not in str(raised.value)  # one line
+        fails_in_one_line(lambda: read_image(path), expected)
     else:
         image = read_image(path)
         assert tuple(image.shape) == expected and image.dtype == torch.float32
@@ -126,9 +131,7 @@ def test_an_annotation_file(tmp_path, case):
     build, expected = ANNOTATIONS[case]
     path = build(tmp_path)
     if isinstance(expected, str):
-        with pytest.raises(DataError) as raised:
-            read_instances(path, shape=(40, 60))
-        assert re.fullmatch(f".*{expected}.*", str(raised.value)) and "\n" not in str(raised.value), str(raised.value)
+        fails_in_one_line(lambda: read_instances(path, shape=(40, 60)), expected)
     else:
         assert read_instances(path, shape=(40, 60)).max() == expected
 
@@ -185,9 +188,7 @@ SETTINGS = {
 @pytest.mark.parametrize("case", list(SETTINGS))
 def test_a_setting(tmp_path, case):
     run, expected = SETTINGS[case]
-    with pytest.raises(DataError) as raised:
-        run(tmp_path)
-    assert re.search(expected, str(raised.value)) and "\n" not in str(raised.value), str(raised.value)
+    fails_in_one_line(lambda: run(tmp_path), expected)
 
 
 def test_the_corpus_holds_at_least_forty_cases():
