@@ -77,6 +77,10 @@ __all__ = [
 # metadata key of an image (MetaTensor) that has transparent pixels: where it is opaque, bool (H, W)
 OPAQUE_KEY = "opaque"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# A TIFF above this many pixels (4096 x 4096) is a slide (``is_slide``, ``bundle.slide``): read region by region, never
+# whole. Below it, the image and its label map held in memory stay under about 3 GB (2 CPU cores; model card, "Large
+# images"), and the user also gets the overlay picture.
+SLIDE_PIXELS = 4096 * 4096
 POLYGON_SUFFIXES = (".xml", ".geojson", ".json")
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -657,9 +661,36 @@ def _read_organs_csv(path: pathlib.Path) -> tuple[dict[str, dict[str, str | None
     return table, "official_split" in columns
 
 
+def level_zero(tif):
+    """The first series' full-resolution level of an open ``tifffile.TiffFile``, and its axes ("YXS", ...)."""
+    series = tif.series[0]
+    return series.levels[0], series.axes
+
+
+def tiff_shape(path) -> tuple[int, int] | None:
+    """(H, W) of a TIFF's first series at level 0, read from its header; None for a file that is not a TIFF."""
+    if _suffix(pathlib.Path(path)) not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            level, axes = level_zero(tif)
+            return int(level.shape[axes.index("Y")]), int(level.shape[axes.index("X")])
+    except Exception:  # damaged or not a TIFF after all: the in-memory reader says what is wrong
+        return None
+
+
+def is_slide(path) -> bool:
+    """Whether an image is a slide: a TIFF above ``SLIDE_PIXELS``, annotated by ``bundle.slide`` region by region."""
+    shape = tiff_shape(path)
+    return shape is not None and shape[0] * shape[1] > SLIDE_PIXELS
+
+
 def image_datalist(root) -> list[dict]:
-    """``[{"image": path}, ...]`` of a dataset folder's images (``list_dataset``): the inference config's datalist."""
-    return [{"image": str(sample.image_path)} for sample in list_dataset(root)]
+    """``[{"image": path}, ...]`` of a dataset folder's images (``list_dataset``) but its slides (``is_slide``), which
+    the inference config's ``slides`` step annotates without reading them whole: the evaluator's datalist."""
+    return [{"image": str(sample.image_path)} for sample in list_dataset(root) if not is_slide(sample.image_path)]
 
 
 def list_dataset(root, split=None, organ=None) -> list[Sample]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import numbers
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ from .student import student_instances, student_maps
 from .stitch import (CELLS_KEY, Annotation, cell_geometry, cell_measurements, cell_table, cells_to_tensor, regions,
                      stitch)
 
-__all__ = ["ArchetypeInferer", "compiled", "TILE", "MARGIN"]
+__all__ = ["ArchetypeInferer", "RegionCells", "region_grid", "compiled", "TILE", "MARGIN"]
 
 # Images larger than one region (a TILE core plus its MARGIN each side) are annotated region by region
 # (``annotate_regions``), so that the networks' working memory follows the region, not the image. The margin holds a
@@ -59,6 +60,27 @@ __all__ = ["ArchetypeInferer", "compiled", "TILE", "MARGIN"]
 # cores took 2.7 s per megapixel and 3.7 GB at peak, 2048 px cores 3.3 s and 4.4 GB, for the same cells.
 TILE = 1536
 MARGIN = 96
+
+
+def region_grid(shape: tuple[int, int]) -> list:
+    """The regions a large image (H, W) is annotated in (``stitch.regions`` with ``TILE`` and ``MARGIN``)."""
+    return regions(tuple(shape), TILE, MARGIN)
+
+
+@dataclass
+class RegionCells:
+    """One region of a large image, annotated (``ArchetypeInferer.regions_annotated``): its ``index`` in
+    ``stitch.regions``' grid, its ``window`` (row0, row1, col0, col1) in the image, ``labels`` (the window's size,
+    int32) holding the pixels of its own cells under their final labels and 0 elsewhere, ``cells`` their table (a list
+    per column of ``CELL_COLUMNS``, image coordinates), seconds per stage, and the proposals and duplicates it owns."""
+
+    index: int
+    window: tuple[int, int, int, int]
+    labels: np.ndarray
+    cells: dict
+    seconds: dict
+    n_proposals: int
+    n_duplicates: int
 
 def compiled(network: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` of a network for inference, with its weights frozen into the graph (inductor ``freezing``:
@@ -159,6 +181,17 @@ class ArchetypeInferer(Inferer):
             out.append(self.encoder(batch)[:n])
         return torch.cat(out)
 
+    def check_image(self, shape) -> None:
+        """Refuse an image (C, H, W) this bank cannot annotate: smaller than a patch, or another number of channels."""
+        self.setup()
+        if len(shape) != 3:
+            raise ValueError(f"expected one image (C, H, W), got shape {tuple(shape)}")
+        c, h, w = shape
+        if min(h, w) < PATCH_SIZE:
+            raise DataError(f"image of {h}x{w} pixels is smaller than a {PATCH_SIZE}x{PATCH_SIZE} patch")
+        if c != self.archetypes["image"].shape[1]:
+            raise DataError(f"image has {c} channels but the bank's archetypes have {self.archetypes['image'].shape[1]}")
+
     def annotate(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
                  opaque=None) -> Annotation:
         """Annotate one image (C, H, W) in [0, 1].
@@ -168,13 +201,8 @@ class ArchetypeInferer(Inferer):
         (``data.read_image_and_opacity``): a transparent pixel holds no image, so no cell is centred on one.
         """
         self.setup()
-        if image.ndim != 3:
-            raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
-        c, h, w = image.shape
-        if min(h, w) < PATCH_SIZE:
-            raise DataError(f"image of {h}x{w} pixels is smaller than a {PATCH_SIZE}x{PATCH_SIZE} patch")
-        if c != self.archetypes["image"].shape[1]:
-            raise DataError(f"image has {c} channels but the bank's archetypes have {self.archetypes['image'].shape[1]}")
+        self.check_image(image.shape)
+        h, w = image.shape[1:]
         if centres is not None:
             centres = np.asarray(centres, np.float32).reshape(-1, 2)
         if opaque is not None:
@@ -191,19 +219,39 @@ class ArchetypeInferer(Inferer):
 
     def annotate_regions(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
                          opaque: np.ndarray | None = None) -> Annotation:
-        """``annotate`` of a large image, region by region (``stitch.regions``: cores of ``TILE`` px with ``MARGIN``
-        px of context), so that the networks' working memory follows the region (the image and its label map are
-        still held whole).
+        """``annotate`` of a large image, region by region (``regions_annotated``), so that the networks' working
+        memory follows the region; the image and its label map are held whole here (``bundle.slide`` holds neither)."""
+        h, w = image.shape[1:]
+        labels = np.zeros((h, w), np.int32)
+        columns, seconds, n_proposals, n_duplicates = [], {}, 0, 0
+        for region in self.regions_annotated(image, network, labels, centres, opaque):
+            columns.append(region.cells)
+            n_proposals += region.n_proposals
+            n_duplicates += region.n_duplicates
+            for stage, value in region.seconds.items():
+                seconds[stage] = seconds.get(stage, 0.0) + value
+        cells = {k: [v for part in columns for v in part[k]] for k in columns[0]}
+        return Annotation(labels, cells, seconds, n_proposals=n_proposals, n_duplicates=n_duplicates)
+
+    def regions_annotated(self, image, network: torch.nn.Module, labels, centres: np.ndarray | None = None,
+                          opaque: np.ndarray | None = None, done: int = 0, n_cells: int = 0):
+        """Annotate a large image region by region (``stitch.regions``: cores of ``TILE`` px with ``MARGIN`` px of
+        context), yielding each region's ``RegionCells`` once its cells are in ``labels``.
+
+        ``image``: anything that gives (C, h, w) float tensors for ``image[:, rows, cols]`` and has ``shape`` (C, H, W)
+        (a tensor, or ``slide.LazyImage``); ``labels``: the label map (H, W) int32 to fill, anything sliced the same
+        way (an array, or a zarr array on disk). ``done`` regions are skipped and labels continue from ``n_cells``:
+        a run that continues from its finished regions.
 
         Each region is annotated and stitched on its own, and keeps the cells centred in its core. A cell's rivals
         for pixels lie within a patch of it, hence inside the region too, so the neighbouring region resolves their
-        overlap the same way, and a nucleus on a seam comes out as it would inside one tile."""
-        h, w = image.shape[1:]
-        labels = np.zeros((h, w), np.int32)
-        columns, seconds, n_cells, n_proposals, n_duplicates = [], {}, 0, 0, 0
-        grid = regions((h, w), TILE, MARGIN)
-        bar = tqdm(grid, desc="regions", unit="region", leave=False, disable=len(grid) < 4)
-        for (r0, r1, c0, c1), (q0, q1, p0, p1) in bar:
+        overlap the same way, and a nucleus on a seam comes out as it would inside one tile. A region only takes
+        pixels no earlier region took, so a region's cells are final once it is yielded."""
+        grid = region_grid(image.shape[1:])
+        bar = tqdm(total=len(grid), initial=done, desc="regions", unit="region", leave=False, disable=len(grid) < 4)
+        for index, ((r0, r1, c0, c1), (q0, q1, p0, p1)) in enumerate(grid):
+            if index < done:
+                continue
             offset = np.array([q0, p0], np.float32)
             inside = None
             if centres is not None:
@@ -219,30 +267,30 @@ class ArchetypeInferer(Inferer):
                 return (points[:, 0] >= r0) & (points[:, 0] < r1) & (points[:, 1] >= c0) & (points[:, 1] < c1)
 
             own = owned(found["centres"][stitched.kept])
-            n_proposals += int(owned(found["proposals"]).sum())
-            n_duplicates += int(owned(found["centres"][list(stitched.duplicates)]).sum())
+            n_own = int(own.sum())
             # the region's own cells take their pixels in the image's label map, numbered on from the last region's;
             # a cell lies within half a patch of its centre, so all of it is in this region's window
             relabel = np.zeros(len(stitched.kept) + 1, np.int32)
-            relabel[1:][own] = np.arange(1, int(own.sum()) + 1)
-            window = labels[q0:q1, p0:p1]
+            relabel[1:][own] = np.arange(1, n_own + 1)
+            window = np.asarray(labels[q0:q1, p0:p1])
             mine = relabel[stitched.labels]
             free = (mine > 0) & (window == 0)
+            mine = np.where(free, mine, 0)
             window[free] = mine[free] + n_cells
-            part = cell_geometry(np.where(free, mine, 0), int(own.sum()))
+            labels[q0:q1, p0:p1] = window
+            part = cell_geometry(mine, n_own)
             part["centroid_row"] = [v + q0 for v in part["centroid_row"]]
             part["centroid_col"] = [v + p0 for v in part["centroid_col"]]
             part.update(cell_measurements(stitched.kept[own], found["warped"], found["archetype"], found["distance"]))
-            columns.append(part)
-            n_cells += int(own.sum())
-            for stage, value in found["seconds"].items():
-                seconds[stage] = seconds.get(stage, 0.0) + value
-            seconds["stitch"] = seconds.get("stitch", 0.0) + time.perf_counter() - t
+            part["id"] = list(range(n_cells + 1, n_cells + n_own + 1))
+            found["seconds"]["stitch"] = time.perf_counter() - t
+            yield RegionCells(index=index, window=(q0, q1, p0, p1), labels=np.where(free, window, 0), cells=part,
+                              seconds=found["seconds"], n_proposals=int(owned(found["proposals"]).sum()),
+                              n_duplicates=int(owned(found["centres"][list(stitched.duplicates)]).sum()))
+            n_cells += n_own
+            bar.update(1)
             bar.set_postfix(cells=n_cells, refresh=False)
         bar.close()
-        cells = {k: [v for part in columns for v in part[k]] for k in columns[0]}
-        cells["id"] = list(range(1, n_cells + 1))
-        return Annotation(labels, cells, seconds, n_proposals=n_proposals, n_duplicates=n_duplicates)
 
     def cells(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
               opaque: np.ndarray | None = None) -> dict:

@@ -111,7 +111,7 @@ def _inside(point: np.ndarray, ring: np.ndarray) -> bool:
     return bool(np.count_nonzero(crosses & (point[1] < at)) % 2)
 
 
-def cell_geometries(labels: np.ndarray) -> dict[int, dict]:
+def cell_geometries(labels: np.ndarray, origin=(0, 0)) -> dict[int, dict]:
     """The GeoJSON geometry of every label, by label: a ``Polygon`` for a cell in one piece, a ``MultiPolygon`` for
     a cell in several, each piece with its holes. Coordinates are QuPath's: [x, y] with pixel (row, col) the unit
     square [col, col + 1) x [row, row + 1), so its centre is (col + 0.5, row + 0.5).
@@ -119,12 +119,12 @@ def cell_geometries(labels: np.ndarray) -> dict[int, dict]:
     Rings are traced at the 0.5 level of the cell's own mask (``find_contours``), so they run between the cell's
     pixels and their neighbours: a pixel's centre lies inside the geometry exactly when the pixel carries the label.
     Each cell is traced inside its own bounding box (``regionprops``), so the cost follows the cells' area, not
-    cells x image size.
+    cells x image size. ``origin`` (row, col): where ``labels`` lies in the image (a region of a slide).
     """
     geometries = {}
     for region in regionprops(labels):
         # find_contours works in pixel-centre coordinates: shift by the padding, the box, and half a pixel to QuPath's
-        r0, c0 = region.bbox[0] - 0.5, region.bbox[1] - 0.5
+        r0, c0 = origin[0] + region.bbox[0] - 0.5, origin[1] + region.bbox[1] - 0.5
         # find_contours winds the rings around the cell's pixels one way (negative shoelace area in (row, col)) and
         # those around holes the other
         rings = [without_collinear_points(ring) for ring in find_contours(np.pad(region.image, 1).astype(np.float32), 0.5)]
@@ -175,28 +175,31 @@ def outlined_cells(annotation: Annotation):
             yield cell, geometries[cell["id"]]
 
 
-def write_geojson(annotation: Annotation, path, image_id: str, pixel_size: float | None = None) -> None:
-    features = []
-    for cell, geometry in outlined_cells(annotation):
-        features.append({
-            "type": "Feature",
-            "id": feature_id(image_id, cell["id"]),
-            "geometry": geometry,
-            "properties": {
-                "objectType": "detection",
-                "classification": {"name": NUCLEUS, "color": NUCLEUS_COLOUR},
-                "measurements": {
-                    "Label": cell["id"],  # the label map's value and the CSV's id
-                    "Area px^2": cell["area"],
-                    **({} if pixel_size is None else {"Area µm^2": round(cell["area"] * pixel_size ** 2, 3)}),
-                    "Orientation deg": round(cell["orientation_deg"], 2),
-                    "Match distance": round(cell["match_distance"], 4),
-                    "Archetype id": cell["archetype_id"],
-                    "Folded pixels %": round(cell["folded_pct"], 3),
-                    **({} if np.isnan(cell["uncertainty"]) else {"Uncertainty": round(cell["uncertainty"], 4)}),
-                },
+def geojson_feature(cell: dict, geometry: dict, image_id: str, pixel_size: float | None = None) -> dict:
+    """One cell (its row of the table, by ``CELL_COLUMNS``) as a QuPath detection."""
+    return {
+        "type": "Feature",
+        "id": feature_id(image_id, cell["id"]),
+        "geometry": geometry,
+        "properties": {
+            "objectType": "detection",
+            "classification": {"name": NUCLEUS, "color": NUCLEUS_COLOUR},
+            "measurements": {
+                "Label": cell["id"],  # the label map's value and the CSV's id
+                "Area px^2": cell["area"],
+                **({} if pixel_size is None else {"Area µm^2": round(cell["area"] * pixel_size ** 2, 3)}),
+                "Orientation deg": round(cell["orientation_deg"], 2),
+                "Match distance": round(cell["match_distance"], 4),
+                "Archetype id": cell["archetype_id"],
+                "Folded pixels %": round(cell["folded_pct"], 3),
+                **({} if np.isnan(cell["uncertainty"]) else {"Uncertainty": round(cell["uncertainty"], 4)}),
             },
-        })
+        },
+    }
+
+
+def write_geojson(annotation: Annotation, path, image_id: str, pixel_size: float | None = None) -> None:
+    features = [geojson_feature(cell, geometry, image_id, pixel_size) for cell, geometry in outlined_cells(annotation)]
     Path(path).write_text(json.dumps({"type": "FeatureCollection", "features": features}))
 
 
@@ -240,16 +243,23 @@ def write_asap_xml(cells: list[dict], path, region) -> None:
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def write_csv(cells: dict, path, pixel_size: float | None = None) -> None:
+def csv_header(pixel_size: float | None = None) -> list[str]:
+    return list(CELL_COLUMNS) + ([] if pixel_size is None else ["area_um2"])
+
+
+def csv_rows(cells: dict, pixel_size: float | None = None) -> list[tuple]:
+    """The table's rows (a list per column of ``CELL_COLUMNS`` in), under ``csv_header``."""
     columns = [cells[k] for k in CELL_COLUMNS]
-    header = list(CELL_COLUMNS)
     if pixel_size is not None:
-        header.append("area_um2")
         columns.append([round(a * pixel_size ** 2, 3) for a in cells["area"]])
+    return list(zip(*columns))
+
+
+def write_csv(cells: dict, path, pixel_size: float | None = None) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(zip(*columns))
+        writer.writerow(csv_header(pixel_size))
+        writer.writerows(csv_rows(cells, pixel_size))
 
 
 def write_overlay(image: torch.Tensor, annotation: Annotation, path, tick: float = 8.0) -> None:

@@ -39,6 +39,10 @@ MIN_PIECE = 30
 # h-maximum). Tuned on the 13 train tiles (0.1 to 0.4; peaks a fixed distance apart, 5 to 13 px, split nuclei more):
 # centre-ness is 1 at every nucleus' centre, so a real neighbour stands out by the depth of the valley between them.
 MARKER_HEIGHT = 0.3
+# an instance whose centre-ness never reaches this has no centre the student believes in: clutter or a fragment, not
+# a nucleus. Tuned on the 13 train tiles (0.4 to 0.7): it drops false detections, and counting F1 and PQ rose by about
+# a hundredth while object Dice and AJI stayed put.
+MIN_CENTRE = 0.6
 
 
 def build_student() -> torch.nn.Module:
@@ -160,7 +164,8 @@ def student_maps(network: torch.nn.Module, image: torch.Tensor) -> tuple[np.ndar
 def student_instances(foreground: np.ndarray, centre: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Nucleus instances (H, W) int32, numbered 1..N, of the student's maps: the foreground above ``threshold``, holes filled and
     pieces under ``MIN_PIECE`` px dropped, split by a watershed of the negated centre-ness from its ``MARKER_HEIGHT``
-    maxima; a piece with no such maximum is one nucleus."""
+    maxima; a piece with no such maximum is one nucleus. An instance whose centre-ness stays below ``MIN_CENTRE`` is
+    dropped."""
     mask = ndimage.binary_fill_holes(foreground > threshold)
     pieces, n = ndimage.label(mask)
     if n == 0:
@@ -183,4 +188,8 @@ def student_instances(foreground: np.ndarray, centre: np.ndarray, threshold: flo
         relabel = np.zeros(n + 1, np.int32)
         relabel[unmarked] = np.arange(n_markers + 1, n_markers + 1 + len(unmarked))
         labels = np.where(lonely, relabel[pieces], labels)
-    return relabel_sequential(labels.astype(np.int32))[0]  # markers outside the mask left gaps in the numbering
+    peaks = ndimage.maximum(centre, labels, index=np.arange(labels.max() + 1))
+    believed = np.asarray(peaks, np.float32) >= MIN_CENTRE
+    believed[0] = False
+    # numbered 1..N again: markers outside the mask and dropped instances left gaps
+    return relabel_sequential(np.where(believed[labels], labels, 0).astype(np.int32))[0]

@@ -7,7 +7,7 @@
 * ``RegistrationPairs``, ``FieldsInferer``: the same for DiffeoMappingNet (pairs of views, forward and inverse fields);
 * ``EmbedInferer``: embeddings, plus the reconstruction while training a network with a decoder;
 * ``ResumableCheckpoint``: MONAI's checkpoint handlers, saving every epoch and resuming from the newest, so an
-  interrupted run continues;
+  interrupted run continues; ``RandomStates``, saved with it, so that it continues with the draws it would have made;
 * ``ProgressBar``: a tqdm bar with the loss.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from pathlib import Path
 
 import numpy as np
@@ -208,10 +209,59 @@ class ResumableCheckpoint:
                 raise DataError(f"{latest}: this run folder holds training on another bank than {self.bank.path}; "
                                 "give a new --ckpt_dir, or --resume False to start over here")
             logger.info("resuming from %s", latest)
-            load_dict = {k: v for k, v in save_dict.items() if k != "bank" or "bank" in stored}
+            # checkpoints older than the bank fingerprint or the random states resume without them
+            load_dict = {k: v for k, v in save_dict.items() if k not in ("bank", "random") or k in stored}
             CheckpointLoader(load_path=str(latest), load_dict=load_dict, map_location="cpu").attach(engine)
         CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
                         epoch_level=True).attach(engine)
+
+
+def _legacy_state(generator: np.random.RandomState) -> dict:
+    name, keys, position, has_gauss, gauss = generator.get_state()
+    # as tensors and numbers: a checkpoint holding numpy arrays would not load with weights_only=True
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss),
+            "gauss": float(gauss)}
+
+
+def _set_legacy_state(generator: np.random.RandomState, state: dict) -> None:
+    generator.set_state(("MT19937", state["keys"].numpy().astype(np.uint32), state["position"], state["has_gauss"],
+                         state["gauss"]))
+
+
+class RandomStates:
+    """A training run's random state, saved in every epoch checkpoint (``ResumableCheckpoint``) and restored on resume,
+    so that a resumed run draws what the uninterrupted run would have drawn. Re-seeding would replay the first
+    epochs' draws instead.
+
+    Holds torch's, numpy's and Python's global generators (the data loader's shuffling) and those of ``holders``, by
+    name: a MONAI ``Randomizable`` (its ``R``, e.g. the augmentation) or an object with a numpy ``Generator`` ``rng``
+    (``RegistrationPairs``)."""
+
+    def __init__(self, **holders):
+        self.holders = holders
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "numpy": _legacy_state(np.random.mtrand._rand),
+                 "python": random.getstate()}
+        for name, holder in self.holders.items():
+            if isinstance(getattr(holder, "rng", None), np.random.Generator):
+                state[name] = holder.rng.bit_generator.state
+            elif isinstance(getattr(holder, "R", None), np.random.RandomState):
+                state[name] = _legacy_state(holder.R)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        _set_legacy_state(np.random.mtrand._rand, state["numpy"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        for name, holder in self.holders.items():
+            if name not in state:
+                continue
+            if isinstance(getattr(holder, "rng", None), np.random.Generator):
+                holder.rng.bit_generator.state = state[name]
+            elif isinstance(getattr(holder, "R", None), np.random.RandomState):
+                _set_legacy_state(holder.R, state[name])
 
 
 class BankFingerprint:

@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser, verify_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,35 @@ def test_training_writes_the_best_weights_with_their_recipe_and_resumes_from_the
     trainer = train(2)  # the same folder again: continues from epoch 1 instead of starting over
     assert trainer.state.epoch == 2 and trainer.state.iteration == 2 * trainer.state.epoch_length
     assert (tmp_path / "run" / "checkpoint_epoch=2.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["invariant", "mapping"])
+def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tiny_dataset, tmp_path, which):
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.bank import build_bank, save_bank
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+
+    def train(folder, epochs):
+        workflow = ConfigWorkflow(config_file=[str(ROOT / "configs" / name) for name in TRAIN[which]],
+                                  workflow_type=None, bundle_root=str(ROOT), bank_path=str(bank),
+                                  ckpt_dir=str(tmp_path / folder), device="$torch.device('cpu')", cells_per_batch=8,
+                                  val_interval=1, **{"train#trainer#max_epochs": 3})
+        workflow.initialize()
+        if epochs < 3:  # killed after this many epochs: the run stops there, its checkpoint written
+            trainer = workflow.parser.get_parsed_content("train#trainer")
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(once=epochs), lambda engine: engine.terminate())
+        workflow.run()
+
+    train("whole", 3)
+    train("killed", 1)
+    train("killed", 3)  # the same command again: resumes from epoch 1
+    whole = torch.load(tmp_path / "whole" / "checkpoint_epoch=3.pt", weights_only=True)["model"]
+    resumed = torch.load(tmp_path / "killed" / "checkpoint_epoch=3.pt", weights_only=True)["model"]
+    # same batches, same deformations, same arithmetic on one machine: equal to float rounding
+    assert all(torch.allclose(whole[k].float(), resumed[k].float(), atol=1e-6) for k in whole)
 
 
 @pytest.mark.slow

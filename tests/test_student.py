@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from skimage.draw import disk
 
-from bundle.student import (MARKER_HEIGHT, MIN_PIECE, build_student, centre_ness, student_instances, student_maps,
-                            train_student)
+from bundle.student import (MARKER_HEIGHT, MIN_CENTRE, MIN_PIECE, build_student, centre_ness, student_instances,
+                            student_maps, train_student)
 
 
 def two_touching_disks(shape=(64, 96)):
@@ -54,13 +54,18 @@ def test_a_nucleus_splits_only_where_its_centre_ness_valley_is_deep():
     assert set(np.unique(deep)) == {0, 1, 2}  # numbered 1..N, whatever markers were dropped
 
 
-def test_a_piece_without_a_clear_centre_is_still_one_nucleus_and_specks_are_dropped():
+def test_a_piece_whose_centre_ness_stays_low_is_not_a_nucleus_and_specks_are_dropped():
     foreground = np.zeros((60, 60), np.float32)
-    foreground[10:20, 10:20] = 1  # 100 px, no centre-ness peak
+    centre = np.zeros((60, 60), np.float32)
+    foreground[10:20, 10:20] = 1  # 100 px with a centre the student believes in
+    centre[10:20, 10:20] = MIN_CENTRE + 0.1
+    foreground[10:20, 40:50] = 1  # 100 px of nucleus-like foreground without one: clutter
+    centre[10:20, 40:50] = MIN_CENTRE - 0.1
     foreground[40:44, 40:44] = 1  # 16 px < MIN_PIECE: a speck
+    centre[40:44, 40:44] = 1
     assert 16 < MIN_PIECE
-    instances = student_instances(foreground, np.zeros_like(foreground))
-    assert instances.max() == 1 and (instances == 1).sum() == 100
+    instances = student_instances(foreground, centre)
+    assert instances.max() == 1 and (instances == 1).sum() == 100 and instances[15, 15] == 1
 
 
 def test_maps_cover_any_image_size_with_probabilities():

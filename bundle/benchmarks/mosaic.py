@@ -12,14 +12,23 @@ by one in the same session:
   whole-image annotation, the IoU of its best match among the region-by-region cells. A nucleus on a region's seam
   that came out cut, twice or not at all would show as a low IoU or an unmatched cell.
 
+* ``slides`` (``SLIDE_SIDES``): larger mosaics written as tiled TIFFs and given to the slide path (``bundle.slide``),
+  which never holds the image or its label map: cells, seconds per megapixel annotating (the figure compared with the
+  tiles, whose seconds leave their outputs out too), writing the cells as they come and in all (the label pyramid
+  included), peak memory, and the count against the same tiles one by one (the tiles cycle, so the first tiles'
+  counts stand for their repeats).
+
 Every measurement runs in a fresh process, so that each peak resident memory is its own, after one untimed tile.
 """
 
 from __future__ import annotations
 
+import csv
 import multiprocessing
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +39,7 @@ from ..selftrain import best_overlap
 from .protocol import ROOT, inference, machine
 
 SIDES = (3, 6)
+SLIDE_SIDES = (10, 20)
 JOIN_BAND = 32  # px: half a patch
 
 
@@ -72,13 +82,65 @@ def _annotate(job: dict) -> dict:
     return out
 
 
-def _in_fresh_process(job: dict) -> dict:
+def mosaic_block(tiles: list[np.ndarray], side: int, top: int, left: int, size: int) -> np.ndarray:
+    """Pixels [top, top + size) x [left, left + size) of the side x side mosaic of ``tiles`` (H, W, 3), cycled, as
+    ``mosaic_of`` lays them out; zero past its edge."""
+    h, w = tiles[0].shape[:2]
+    block = np.zeros((size, size, 3), np.uint8)
+    for r in range(top // h, min((top + size - 1) // h, side - 1) + 1):
+        for c in range(left // w, min((left + size - 1) // w, side - 1) + 1):
+            tile = tiles[(r * side + c) % len(tiles)]
+            r0, r1 = max(top, r * h), min(top + size, (r + 1) * h)
+            c0, c1 = max(left, c * w), min(left + size, (c + 1) * w)
+            block[r0 - top : r1 - top, c0 - left : c1 - left] = tile[r0 - r * h : r1 - r * h, c0 - c * w : c1 - c * w]
+    return block
+
+
+def write_mosaic_tiff(images: list[torch.Tensor], side: int, path) -> tuple[int, int]:
+    """``mosaic_of`` written as a tiled RGB TIFF (512 px tiles, uint8) tile by tile, never whole in memory; its (H, W)."""
+    import tifffile
+
+    h = min(image.shape[1] for image in images)
+    w = min(image.shape[2] for image in images)
+    tiles = [(image[:, :h, :w].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for image in images]
+    size = 512
+
+    def pieces():
+        for top in range(0, side * h, size):
+            for left in range(0, side * w, size):
+                yield mosaic_block(tiles, side, top, left, size)
+
+    tifffile.imwrite(path, pieces(), shape=(side * h, side * w, 3), dtype=np.uint8, photometric="rgb",
+                     tile=(size, size), bigtiff=True)
+    return side * h, side * w
+
+
+def _annotate_slide(job: dict) -> dict:
+    """In a fresh process: the slide path on ``job["path"]``, after one untimed tile; cells, centroids, seconds and
+    the process' peak resident memory."""
+    from ..slide import annotate_slide
+
+    torch.set_num_threads(job["threads"])
+    inferer, network = inference(ROOT / "models" / "bank.pt", job["device"])
+    inferer.setup()
+    inferer.annotate(job["warm_up"], network)
+    summary = annotate_slide(inferer, network, job["path"], job["output_dir"])
+    with open(Path(job["output_dir"]) / summary["outputs"][2].split("/")[-1], newline="") as handle:
+        centroids = np.array([[float(row["centroid_row"]), float(row["centroid_col"])] for row in csv.DictReader(handle)])
+    return {"cells": summary["cells"], "seconds": summary["annotation_seconds"],
+            "writing_seconds": summary["writing_seconds"], "total_seconds": summary["seconds"],
+            "centroids": centroids.reshape(-1, 2),
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _in_fresh_process(job: dict, work=_annotate) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_annotate, (job,))
+        return pool.apply(work, (job,))
 
 
-def run(data_dir, organ=None, split: str | None = "test", sides=SIDES, device: str = "cpu") -> dict:
-    """Every mosaic size against its tiles one by one, and the seam check on the smallest."""
+def run(data_dir, organ=None, split: str | None = "test", sides=SIDES, slide_sides=SLIDE_SIDES,
+        device: str = "cpu") -> dict:
+    """Every mosaic size against its tiles one by one, the seam check on the smallest, and the slide sizes."""
     samples = list_dataset(data_dir, split=split, organ=organ)
     if not samples:
         raise DataError(f"{data_dir}: no {split or ''} images{' of ' + organ if organ else ''} to build mosaics of")
@@ -115,13 +177,34 @@ def run(data_dir, organ=None, split: str | None = "test", sides=SIDES, device: s
                             "iou_min": float(iou.min()) if len(iou) else float("nan"),
                             "unmatched_whole": int((iou < 0.5).sum()), "unmatched_regions": int((back < 0.5).sum())}
         result["sizes"].append(row)
+    result["slides"] = []
+    for side in tqdm(sorted(slide_sides), desc="slides", unit="slide"):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"mosaic_{side}.tif"
+            shape = write_mosaic_tiff(images, side, path)
+            slide = _in_fresh_process({**job, "path": str(path), "output_dir": str(Path(folder) / "out")},
+                                      _annotate_slide)
+        megapixels = shape[0] * shape[1] / 1e6
+        repeats = [k % len(images) for k in range(side * side)]
+        expected = int(sum(one_by_one["cells"][k] for k in repeats))
+        inner_expected = sum(away_from_joins(one_by_one["centroids"][k], (h, w)) for k in repeats)
+        inner = away_from_joins(slide["centroids"], (h, w))
+        result["slides"].append({
+            "side": side, "shape": list(shape), "tile_cells": expected, "cells": slide["cells"],
+            "count_change_pct": 100 * (slide["cells"] - expected) / max(expected, 1),
+            "cells_inside": inner, "tile_cells_inside": inner_expected,
+            "count_change_inside_pct": 100 * (inner - inner_expected) / max(inner_expected, 1),
+            "seconds_per_mp": slide["seconds"] / megapixels, "peak_gb": slide["peak_gb"],
+            "writing_seconds_per_mp": slide["writing_seconds"] / megapixels,
+            "total_seconds_per_mp": slide["total_seconds"] / megapixels,
+            "time_ratio": slide["seconds"] / megapixels / result["one_by_one"]["seconds_per_mp"]})
     return result
 
 
 def print_summary(result: dict) -> None:
     base = result["one_by_one"]
     print(f"tiles one by one: {base['seconds_per_mp']:.2f} s/MP, peak {base['peak_gb']:.2f} GB")
-    for row in result["sizes"]:
+    for row in result["sizes"] + result.get("slides", []):
         print(f"{row['shape'][0]} x {row['shape'][1]}: {row['cells']} cells against {row['tile_cells']} in its tiles "
               f"({row['count_change_pct']:+.2f} %), {row['seconds_per_mp']:.2f} s/MP ({row['time_ratio']:.2f}x), "
               f"peak {row['peak_gb']:.2f} GB; {JOIN_BAND} px or more from the tiles' joins {row['cells_inside']} against "

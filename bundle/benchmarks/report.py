@@ -626,6 +626,16 @@ def mosaic_block(root: Path) -> str:
                          f"annotated as one region, {100 * w['same_cell_share']:.1f} % come out region by region "
                          f"within IoU .99 of themselves and the least alike at IoU {w['iou_min']:.3f}; "
                          f"{w['unmatched_whole']} cells are unmatched one way and {w['unmatched_regions']} the other.")
+    for row in r.get("slides", []):
+        lines.append(f"| {row['shape'][0]:,} × {row['shape'][1]:,} slide (a tiled TIFF, read and written region by "
+                     f"region) | {row['cells']:,} | {row['count_change_pct']:+.2f} % ({row['tile_cells']:,}) | "
+                     f"{row['count_change_inside_pct']:+.2f} % ({row['tile_cells_inside']:,}) | "
+                     f"{row['seconds_per_mp']:.2f} | {row['time_ratio']:.2f} | {row['peak_gb']:.2f} |")
+    for row in r.get("slides", []):
+        seams.append(f"The {row['shape'][0]:,} px slide's seconds are those of annotating its regions, read from the "
+                     f"file and with the label map on disk, as the tiles' leave their outputs out; writing its cells "
+                     f"as the regions finished added {row['writing_seconds_per_mp']:.2f} s per megapixel, and the "
+                     f"whole run, label pyramid included, took {row['total_seconds_per_mp']:.2f}.")
     lines += [""] + seams + [f"Tiles: {len(r['tiles'])} test tiles, cycled. " + measured_on(r) + " (`eval/mosaic/`)"]
     return "\n".join(lines) + "\n"
 
