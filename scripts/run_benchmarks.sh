@@ -34,7 +34,8 @@ for organ in Kidney Lung; do
   # inference settings compared in one process (machines are noisy: compare ratios, not seconds across days)
   python scripts/benchmark.py speed --data-dir "$DATA" --organ "$organ" --json "eval/speed/speed_$o.json"
 done
-# large images: mosaics of the test tiles region by region against their tiles one by one, and the seam check
+# large images: mosaics of the test tiles region by region against their tiles one by one, the seam check, and
+# 10,000 and 20,000 px mosaics as slides (tiled TIFFs read and written region by region)
 python scripts/benchmark.py mosaic --data-dir "$DATA" --json eval/mosaic/mosaic.json
 # the MONAI Label app's /infer and /train against the workflow it serves (needs the test install of README.md)
 python scripts/benchmark.py serve --data-dir "$DATA" --organ Kidney --json eval/serve/serve_kidney.json
