@@ -34,7 +34,7 @@ import torch
 from .data import DataError, image_id_of, is_slide, level_zero, list_dataset, pixel_size_um, written_atomically
 from .inferer import region_grid
 from .match import unlike_the_bank, UNLIKE_THE_BANK
-from .outputs import cell_geometries, csv_header, csv_rows, geojson_feature
+from .outputs import cell_geometries, csv_header, csv_rows, geojson_feature, output_names
 from .stitch import CELL_COLUMNS
 
 __all__ = ["LazyImage", "slide_paths", "annotate_slide", "SlideAnnotator",
@@ -115,9 +115,10 @@ class LazyImage:
 
 
 def slide_output_names(image_id: str) -> dict[str, str]:
-    """The file name of each output of one slide (``outputs.output_names`` for images: no overlay, and the label map
-    is an OME-TIFF pyramid)."""
-    return {"labels": f"{image_id}_labels.ome.tif", "geojson": f"{image_id}.geojson", "csv": f"{image_id}_cells.csv"}
+    """The file name of each output of one slide: an image's (``outputs.output_names``) without the overlay, and the
+    label map an OME-TIFF pyramid."""
+    names = output_names(image_id)
+    return {"labels": f"{image_id}_labels.ome.tif", "geojson": names["geojson"], "csv": names["csv"]}
 
 
 def _tiles(labels, step: int, shape: tuple[int, int], tile: int):

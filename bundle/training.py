@@ -216,16 +216,16 @@ class ResumableCheckpoint:
                         epoch_level=True).attach(engine)
 
 
-def _legacy_state(generator: np.random.RandomState) -> dict:
-    name, keys, position, has_gauss, gauss = generator.get_state()
+def _legacy_state(state: tuple) -> dict:
+    """A numpy ``RandomState``'s state (``get_state()``) as a checkpoint holds it."""
+    name, keys, position, has_gauss, gauss = state
     # as tensors and numbers: a checkpoint holding numpy arrays would not load with weights_only=True
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position), "has_gauss": int(has_gauss),
             "gauss": float(gauss)}
 
 
-def _set_legacy_state(generator: np.random.RandomState, state: dict) -> None:
-    generator.set_state(("MT19937", state["keys"].numpy().astype(np.uint32), state["position"], state["has_gauss"],
-                         state["gauss"]))
+def _from_legacy_state(state: dict) -> tuple:
+    return ("MT19937", state["keys"].numpy().astype(np.uint32), state["position"], state["has_gauss"], state["gauss"])
 
 
 class RandomStates:
@@ -241,18 +241,18 @@ class RandomStates:
         self.holders = holders
 
     def state_dict(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": _legacy_state(np.random.mtrand._rand),
+        state = {"torch": torch.get_rng_state(), "numpy": _legacy_state(np.random.get_state()),
                  "python": random.getstate()}
         for name, holder in self.holders.items():
             if isinstance(getattr(holder, "rng", None), np.random.Generator):
                 state[name] = holder.rng.bit_generator.state
             elif isinstance(getattr(holder, "R", None), np.random.RandomState):
-                state[name] = _legacy_state(holder.R)
+                state[name] = _legacy_state(holder.R.get_state())
         return state
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
-        _set_legacy_state(np.random.mtrand._rand, state["numpy"])
+        np.random.set_state(_from_legacy_state(state["numpy"]))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
         for name, holder in self.holders.items():
@@ -261,7 +261,7 @@ class RandomStates:
             if isinstance(getattr(holder, "rng", None), np.random.Generator):
                 holder.rng.bit_generator.state = state[name]
             elif isinstance(getattr(holder, "R", None), np.random.RandomState):
-                _set_legacy_state(holder.R, state[name])
+                holder.R.set_state(_from_legacy_state(state[name]))
 
 
 class BankFingerprint:

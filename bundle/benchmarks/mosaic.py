@@ -125,7 +125,7 @@ def _annotate_slide(job: dict) -> dict:
     inferer.setup()
     inferer.annotate(job["warm_up"], network)
     summary = annotate_slide(inferer, network, job["path"], job["output_dir"])
-    with open(Path(job["output_dir"]) / summary["outputs"][2].split("/")[-1], newline="") as handle:
+    with open(summary["outputs"][2], newline="") as handle:  # the CSV
         centroids = np.array([[float(row["centroid_row"]), float(row["centroid_col"])] for row in csv.DictReader(handle)])
     return {"cells": summary["cells"], "seconds": summary["annotation_seconds"],
             "writing_seconds": summary["writing_seconds"], "total_seconds": summary["seconds"],
