@@ -8,6 +8,9 @@ to the recipe that made ``models/``.
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,6 +34,36 @@ def read_checkpoint(path, what: str = "checkpoint") -> dict:
     if not isinstance(stored, dict):
         raise DataError(f"{path}: not a {what} (a {type(stored).__name__}, not a dictionary)")
     return stored
+
+
+def _only_tensors(path: Path) -> None:
+    """Refuse an exported archive (``.pt2``) with a pickled part that holds more than tensors.
+
+    ``torch.export.load`` unpickles some parts without ``weights_only`` (a weight or constant its config marks
+    ``use_pickle``, custom objects, and anything ``weights_only`` refuses in older archives), so a crafted file could run
+    code. Every pickled part is read here first as ``torch.load(weights_only=True)`` reads it; custom objects, which
+    the bundle's networks never hold, are refused outright."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pickled = [n for n in names if n.endswith(".pt")]  # sample inputs; every part of older archives
+            for config in (n for n in names if n.endswith(("_weights_config.json", "_constants_config.json"))):
+                folder = config.rsplit("/", 1)[0]
+                for entry in json.loads(archive.read(config)).get("config", {}).values():
+                    if entry["path_name"].startswith(("custom_obj_", "opaque_obj_")):
+                        raise DataError(f"{path}: refused, it holds a pickled Python object ({entry['path_name']}), "
+                                        "not only tensors")
+                    if entry.get("use_pickle"):
+                        pickled.append(f"{folder}/{entry['path_name']}")
+            for name in pickled:
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+                except Exception as err:
+                    raise DataError(f"{path}: refused, its {name} holds not only tensors ({in_one_line(err)})") from err
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path}: not a readable exported network ({in_one_line(err)})") from err
 
 
 def _mismatch(path, names: str, error: Exception) -> DataError:
@@ -62,6 +95,7 @@ class ExportedNetwork(torch.nn.Module):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: exported network not found (python scripts/export.py --networks writes it)")
+        _only_tensors(path)
         try:
             self.program = torch.export.load(str(path)).module()
         except Exception as err:  # not a torch.export archive, or one from another torch release

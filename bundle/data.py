@@ -43,7 +43,9 @@ import glob
 import json
 import os
 import pathlib
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -798,15 +800,48 @@ class ReadImaged:
 
 # a temporary folder of ``written_atomically`` untouched this long was left by a run that was killed, not by one writing
 STALE_SECONDS = 3600
+# ``written_atomically``'s folders: ``.<file name>.<pid>@<host>.<mkdtemp's 8 characters>``, so that a later run can
+# tell a folder whose writer is dead (killed) from one still being written
+_TEMPORARY = re.compile(r"^\..+\.(\d+)@(.+)\.[a-z0-9_]{8}$")
+
+
+def _writer_is_dead(name: str) -> bool:
+    """Whether the hidden folder ``name`` is a ``written_atomically`` folder of a process of this machine that is gone."""
+    found = _TEMPORARY.match(name)
+    if found is None or found.group(2) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_dead_temporaries(folder) -> int:
+    """Remove from ``folder`` the temporary folders of ``written_atomically`` whose writer was killed (a process of
+    this machine that no longer runs); returns how many. Those of live writers, and anything not named as ours,
+    stay."""
+    removed = 0
+    for path in pathlib.Path(folder).glob(".*"):
+        try:
+            if path.is_dir() and _writer_is_dead(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        except OSError:  # gone meanwhile
+            pass
+    return removed
 
 
 def _remove_stale_temporaries(folder: pathlib.Path, name: str) -> None:
     """Remove what killed runs left while writing ``name`` in ``folder``: hidden ``.<name>.*`` folders (our own
-    naming) untouched for ``STALE_SECONDS``. A run writing the same file right now is left alone."""
+    naming) whose writer is dead, or untouched for ``STALE_SECONDS`` (another machine's). A run writing the same file
+    right now is left alone."""
     now = time.time()
     for stale in folder.glob(f".{glob.escape(name)}.*"):
         try:
-            if stale.is_dir() and now - stale.stat().st_mtime > STALE_SECONDS:
+            if stale.is_dir() and (_writer_is_dead(stale.name) or now - stale.stat().st_mtime > STALE_SECONDS):
                 shutil.rmtree(stale, ignore_errors=True)
         except OSError:  # gone meanwhile, or not ours to read
             pass
@@ -825,7 +860,8 @@ def written_atomically(*paths):
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(folder, finals[0].name)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{finals[0].name}.", dir=folder))
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{finals[0].name}.{os.getpid()}@{socket.gethostname()}.",
+                                             dir=folder))
     except OSError as err:
         raise DataError(f"{folder}: cannot write there ({err.strerror or err})") from err
     try:

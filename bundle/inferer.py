@@ -4,7 +4,8 @@
 
 1. **detect**: the student's nuclei (``bundle.student``: its foreground split at valleys of its centre-ness); without
    a student, hematoxylin proposals calibrated on the bank's own cells (``bundle.detect``). A detection whose nearest
-   archetype is less than ``min_similarity`` alike is dropped (the default 0 keeps all). Two detections on one nucleus
+   archetype is less than ``min_similarity`` alike is dropped (the default 0: less alike than unrelated
+   patches, a negative cosine). Two detections on one nucleus
    are merged at stitching.
 2. **match** (``bundle.match``): every proposal to its nearest archetype, one matrix product.
 3. **register** (``bundle.register``): dihedral pre-alignment, then DiffeoMappingNet, batched over all cells.
@@ -60,6 +61,9 @@ __all__ = ["ArchetypeInferer", "RegionCells", "region_grid", "compiled", "TILE",
 # cores took 2.7 s per megapixel and 3.7 GB at peak, 2048 px cores 3.3 s and 4.4 GB, for the same cells.
 TILE = 1536
 MARGIN = 96
+# a bank with fewer whole archetypes is flagged when it is read: the smallest bank the model card measured holds 21
+# cells (2 % of Kidney's train cells); with a handful, every cell takes one of a few shapes and many match none well
+FEW_ARCHETYPES = 20
 
 
 def region_grid(shape: tuple[int, int]) -> list:
@@ -123,7 +127,7 @@ class ArchetypeInferer(Inferer):
         except (TypeError, ValueError):
             raise DataError(f"min_similarity: must be a number between -1 and 1; got {min_similarity!r}") from None
         if not -1.0 <= min_similarity <= 1.0:  # a cosine similarity: above 1 no detection could be a cell
-            raise DataError(f"min_similarity: must be between -1 and 1 (0 keeps every detection); got {min_similarity}")
+            raise DataError(f"min_similarity: must be between -1 and 1 (-1 keeps every detection); got {min_similarity}")
         self.refine = refine
         self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
         self.student, self.student_path = student, student_path
@@ -149,6 +153,11 @@ class ArchetypeInferer(Inferer):
         self.archetype_ids = torch.nonzero(whole_archetypes(bank))[:, 0]
         if len(self.archetype_ids) == 0:
             raise DataError("no cell of the bank is a whole nucleus (one convex-enough piece) to serve as archetype")
+        if len(self.archetype_ids) < FEW_ARCHETYPES:
+            source = self.bank if isinstance(self.bank, (str, Path)) else "the bank"
+            print(f"warning: {source}: only {len(self.archetype_ids)} archetype(s) to match cells to: every cell "
+                  f"takes one of their shapes and cells unlike them are dropped; annotate at least {FEW_ARCHETYPES} "
+                  "cells (scripts/build_bank.py)", flush=True)
         masks = centre_crop(bank["masks"][self.archetype_ids].float(), PATCH_SIZE)
         self.archetypes = {"image": centre_crop(bank["images"][self.archetype_ids].float() / 255.0, PATCH_SIZE),
                            "mask": masks,

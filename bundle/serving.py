@@ -7,13 +7,16 @@ Three tasks on MONAI Label's public classes, sharing one ``Annotator`` (the infe
   TIFF, rows first, as the CLI writes it. The JSON part lists every cell with its measurements.
 * ``LearnFromCorrections`` (``/train/diffkillr``): DiffKillR's promise made interactive. Every cell of every label
   a user submitted (``PUT /datastore/label``) becomes an archetype. The bank grows, the stain proposals are
-  recalibrated on the user's cells, and the next ``/infer`` uses the new bank without a restart.
+  recalibrated on the user's cells, and the next ``/infer`` uses the new bank without a restart. Asked with
+  ``{"fine_tune": true}``, both networks are then fine-tuned from the app's current weights on the users' cells
+  (``fine_tune``), and the next ``/infer`` uses those weights.
 * ``MostUncertainImage`` (``/activelearning/most_uncertain``): the unlabelled image whose cells the workflow is least
   sure of (their mean ``uncertainty``), the one where a correction teaches the most.
 
 The app serves its own bank (``<studies>/diffkillr/bank.pt``), a copy of the shipped one grown by the corrections,
+and its own fine-tuned weights (``<studies>/diffkillr/invariant.pt``, ``mapping.pt``) once a ``/train`` made them,
 so the shipped models never change. MONAI Label runs each ``/train`` in a separate process, so the annotator re-reads
-the bank whenever its file changes instead of sharing memory with the trainer.
+the bank and the weights whenever their files change instead of sharing memory with the trainer.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ from .outputs import NUCLEUS, cell_records, write_asap_xml, write_label_tiff
 from .stitch import Annotation, with_corrections
 
 __all__ = ["DiffKillRApp", "Annotator", "AnnotateCells", "LearnFromCorrections", "MostUncertainImage", "app_bank",
-           "grown_bank", "running_server", "train_and_wait"]
+           "app_weights", "grown_bank", "fine_tune", "running_server", "train_and_wait"]
+
+# the networks the app can fine-tune, by their training overlay's name, and their shipped weights in models/
+NETWORKS = {"invariant": "invariant.pt", "mapping": "model.pt"}
 
 
 def app_bank(bundle_root, studies) -> Path:
@@ -61,45 +67,59 @@ def app_bank(bundle_root, studies) -> Path:
     return path
 
 
-class Annotator:
-    """The inference config's workflow (``configs/inference.yaml``: its ``inferer`` and ``network_def`` with the
-    shipped weights) on one image at a time, on a bank that may change between calls: a new bank file (by
-    modification time and size) is read before the next image. Thread-safe: MONAI Label may serve requests
-    concurrently, and the workflow is one at a time."""
+def app_weights(bundle_root, studies) -> dict[str, Path]:
+    """The weights the app annotates with, per network (``NETWORKS``): its fine-tuned copy in ``<studies>/diffkillr``
+    once ``/train`` made one, else the shipped file."""
+    folder = Path(studies) / "diffkillr"
+    return {net: folder / f"{net}.pt" if (folder / f"{net}.pt").is_file() else Path(bundle_root) / "models" / shipped
+            for net, shipped in NETWORKS.items()}
 
-    def __init__(self, bundle_root, bank_path, device: str = "cpu"):
+
+class Annotator:
+    """The inference config's workflow (``configs/inference.yaml``: its ``inferer`` and ``network_def``) on one image
+    at a time, with the app's bank and weights (``app_bank``, ``app_weights``), which may change between calls: new
+    files (by modification time and size) are read before the next image. Thread-safe: MONAI Label may serve
+    requests concurrently, and the workflow is one at a time."""
+
+    def __init__(self, bundle_root, studies, device: str = "cpu"):
         torch.set_flush_denormal(True)  # as the inference config's initialize does: denormals slow the CPU down
-        self.bank_path = Path(bank_path)
+        self.bundle_root, self.studies = Path(bundle_root), Path(studies)
+        self.bank_path = app_bank(bundle_root, studies)
         self.device = torch.device(device)
-        self.parser = ConfigParser(ConfigParser.load_config_file(str(Path(bundle_root) / "configs" / "inference.yaml")))
+        self.parser = ConfigParser(ConfigParser.load_config_file(str(self.bundle_root / "configs" / "inference.yaml")))
         self.parser.update({"bundle_root": str(bundle_root), "device": f"$torch.device('{self.device}')",
                             "bank_path": str(self.bank_path)})
-        self.network = load_weights(self.parser.get_parsed_content("network_def"),
-                                    self.parser.get_parsed_content("mapping_path")).to(self.device).eval()
-        self.inferer, self.stamp = None, None
+        self.inferer, self.network, self.weights, self.stamped = None, None, None, None
         self.lock = threading.Lock()
 
-    def bank_stamp(self) -> tuple[int, int]:
-        status = self.bank_path.stat()
-        return status.st_mtime_ns, status.st_size
+    def stamp(self) -> list:
+        """What the annotation depends on, as files: the bank's and each network's (path, modification time, size)."""
+        files = [self.bank_path, *app_weights(self.bundle_root, self.studies).values()]
+        return [[str(f), f.stat().st_mtime_ns, f.stat().st_size] for f in files]
 
     def current(self):
-        """The workflow's inferer on the bank file as it is now."""
-        stamp = self.bank_stamp()
-        if stamp != self.stamp:
-            inferer = self.parser.get_parsed_content("inferer", lazy=False)  # a fresh one: the bank is read in setup
+        """The workflow's inferer on the bank and weights as they are now."""
+        stamp = self.stamp()
+        if stamp != self.stamped:
+            weights = app_weights(self.bundle_root, self.studies)
+            self.parser["invariant_path"] = str(weights["invariant"])
+            # a fresh inferer and network: the bank and the encoder are read in setup
+            inferer = self.parser.get_parsed_content("inferer", lazy=False)
             inferer.setup()
-            self.inferer, self.stamp = inferer, stamp
+            self.network = load_weights(self.parser.get_parsed_content("network_def", lazy=False),
+                                        weights["mapping"]).to(self.device).eval()
+            self.inferer, self.weights, self.stamped = inferer, weights, stamp
         return self.inferer
 
-    @property
-    def n_archetypes(self) -> int:
-        return len(self.current().archetype_ids)
-
     @torch.no_grad()
-    def __call__(self, image: torch.Tensor, opaque=None) -> Annotation:
+    def __call__(self, image: torch.Tensor, opaque=None) -> tuple[Annotation, dict]:
+        """The annotation of an image (C, H, W), and what made it: ``archetypes`` (how many the bank has) and
+        ``weights`` (the weight file of each network)."""
         with self.lock:
-            return self.current().annotate(image.to(self.device), self.network, opaque=opaque)
+            inferer = self.current()
+            made_by = {"archetypes": len(inferer.archetype_ids),
+                       "weights": {net: str(path) for net, path in self.weights.items()}}
+            return inferer.annotate(image.to(self.device), self.network, opaque=opaque), made_by
 
 
 def region_of(request: dict, shape) -> tuple[int, int, int, int]:
@@ -121,7 +141,7 @@ class AnnotateCells(InferTask):
     Request: ``image`` (the path MONAI Label resolved from the image id), optional ``location`` [x, y] and ``size``
     [w, h], and ``output``: ``"asap"`` for QuPath's polygons, anything else for the label map. Reply: a fresh file
     (MONAI Label deletes it once sent) and a JSON with ``cells`` (``cell_records``), ``count``, ``archetypes`` (how
-    many the bank has now), the region, and ``latencies``.
+    many the bank has now), ``weights`` (the weight file of each network), the region, and ``latencies``.
 
     ``corrections(image_id)`` gives the label a user submitted for the image (a path), or None. Its cells replace what
     the workflow finds under them (``stitch.with_corrections``): annotating an image again never undoes a correction.
@@ -147,7 +167,8 @@ class AnnotateCells(InferTask):
             raise DataError("the image must be a file of the studies folder or an uploaded file")
         image, opaque = read_image_and_opacity(path)
         x, y, w, h = region_of(request, image.shape[1:])
-        annotation = self.annotator(image[:, y:y + h, x:x + w], None if opaque is None else opaque[y:y + h, x:x + w])
+        annotation, made_by = self.annotator(image[:, y:y + h, x:x + w],
+                                             None if opaque is None else opaque[y:y + h, x:x + w])
         corrected = self.corrections(request.get("image_id"))
         if corrected:  # the cells a user drew on this image stay as drawn
             corrected = read_instances(corrected, shape=tuple(image.shape[1:]))
@@ -165,7 +186,8 @@ class AnnotateCells(InferTask):
             "count": len(cells),
             # set when the cells look like none of the archetypes (noise, padding, another stain or magnification)
             "unlike_the_bank": unlike_the_bank(annotation.cells["match_distance"]),
-            "archetypes": self.annotator.n_archetypes,
+            # the bank's archetypes and the weight files (shipped, or fine-tuned from corrections) it ran with
+            **made_by,
             "location": [x, y],
             "size": [w, h],
             "cells": cells,
@@ -213,15 +235,61 @@ def grown_bank(shipped: dict, corrections: list[dict], studies) -> dict:
     return bank
 
 
+# fine-tuning draws as many of the bank's other cells as the users drew, and at least this many: a few dozen cells
+# alone would pull both networks towards them and away from the tissue they were trained on
+FINE_TUNE_OTHERS = 64
+
+
+def fine_tune(bundle_root, studies, users: dict, bank: dict, epochs: int, device: str = "cpu") -> dict:
+    """Fine-tune both networks (``NETWORKS``) from the app's current weights (``app_weights``) on the users' cells
+    ``users`` and a seeded draw of as many other cells of ``bank`` (at least ``FINE_TUNE_OTHERS``), for ``epochs``
+    epochs each, with the training configs' own recipe (``configs/train.yaml`` and the network's overlay; validation
+    every epoch on the same cells keeps the best). The results become the app's weights, written atomically; the
+    runs stay in ``<studies>/diffkillr/runs``. Returns, per network, the weights it started from and its seconds."""
+    from monai.bundle import ConfigWorkflow
+
+    folder = Path(studies) / "diffkillr"
+    if not len(users.get("image_ids", [])):
+        raise DataError("no corrected cell to fine-tune on: submit a label (PUT /datastore/label) first")
+    users_ids = set(users["image_ids"])
+    others = [i for i, image_id in enumerate(bank["image_ids"]) if image_id not in users_ids]
+    n = min(len(others), max(len(users["image_ids"]), FINE_TUNE_OTHERS))
+    drawn = np.sort(np.random.default_rng(0).choice(len(others), size=n, replace=False)) if n else []
+    cells = concatenate([{k: v for k, v in users.items() if k != "meta"}, take(bank, [others[i] for i in drawn])])
+    cells["meta"] = dict(bank["meta"])
+    cells_path = save_bank(cells, folder / "fine_tune_cells.pt")
+    started_from = app_weights(bundle_root, studies)
+    done = {}
+    for net in NETWORKS:
+        start = time.perf_counter()
+        run = folder / "runs" / net
+        shutil.rmtree(run, ignore_errors=True)
+        workflow = ConfigWorkflow(
+            config_file=[str(Path(bundle_root) / "configs" / name) for name in ("train.yaml", f"train_{net}.yaml")],
+            workflow_type=None, bundle_root=str(bundle_root), bank_path=str(cells_path),
+            pretrained=str(started_from[net]), ckpt_dir=str(run), resume=False, device=f"$torch.device('{device}')",
+            val_interval=1, **{"train#trainer#max_epochs": int(epochs)})
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        with written_atomically(folder / f"{net}.pt") as (tmp,):
+            shutil.copyfile(run / "model.pt", tmp)
+        done[net] = {"from": str(started_from[net]), "seconds": round(time.perf_counter() - start, 3)}
+    return {"cells": len(cells["image_ids"]), "users_cells": len(users["image_ids"]), "epochs": int(epochs),
+            "networks": done}
+
+
 class LearnFromCorrections(TrainTask):
     """``/train/diffkillr``: every submitted cell becomes an archetype of the app's bank (``grown_bank``), written
-    atomically; the annotator reads it before its next image. The networks are not retrained (not built yet): the
-    encoder and the registration network generalise to new archetypes, the self-trained student does not learn from
-    the corrections."""
+    atomically; the annotator reads it before its next image. With ``{"fine_tune": true}`` in the request (and
+    ``"epochs"``, default 2), both networks are then fine-tuned on the users' cells (``fine_tune``). The self-trained
+    student does not learn from the corrections."""
 
-    def __init__(self, bundle_root, bank_path, studies):
-        super().__init__("DiffKillR: add the corrected cells to the archetype bank")
+    def __init__(self, bundle_root, bank_path, studies, device: str = "cpu"):
+        super().__init__("DiffKillR: add the corrected cells to the archetype bank; fine_tune: true also fine-tunes "
+                         "both networks on them")
         self.bundle_root, self.bank_path, self.studies = Path(bundle_root), Path(bank_path), Path(studies)
+        self.device = device
 
     def stats(self) -> dict:
         record = self.bank_path.with_suffix(".json")
@@ -230,11 +298,17 @@ class LearnFromCorrections(TrainTask):
     def __call__(self, request: dict, datastore) -> dict:
         start = time.perf_counter()
         shipped = load_bank(self.bundle_root / "models" / "bank.pt")
-        bank = grown_bank(shipped, corrected_cells(datastore), self.studies)
+        corrections = corrected_cells(datastore)
+        bank = grown_bank(shipped, corrections, self.studies)
         save_bank(bank, self.bank_path)
         result = {"cells": len(bank["image_ids"]), "added": bank["meta"]["corrections"]["cells"],
                   "corrected_images": bank["meta"]["corrections"]["images"],
                   "seconds": round(time.perf_counter() - start, 3)}
+        if request.get("fine_tune"):
+            users = concatenate([c for c in corrections if len(c["cell_ids"])]) if corrections else {}
+            result["fine_tuned"] = fine_tune(self.bundle_root, self.studies, users, shipped,
+                                             request.get("epochs", 2), self.device)
+            result["seconds"] = round(time.perf_counter() - start, 3)
         with written_atomically(self.bank_path.with_suffix(".json")) as (tmp,):
             Path(tmp).write_text(json.dumps(result))
         return result
@@ -243,7 +317,7 @@ class LearnFromCorrections(TrainTask):
 class MostUncertainImage(Strategy):
     """``/activelearning/most_uncertain``: the unlabelled image whose cells are, on average, the least sure
     (``uncertainty``: how far each registered archetype was from the image's own evidence). Each image is annotated
-    once per bank; the scores are kept in ``<studies>/diffkillr/uncertainty.json``."""
+    once per bank and weights; the scores are kept in ``<studies>/diffkillr/uncertainty.json``."""
 
     def __init__(self, annotator: Annotator, studies):
         super().__init__("DiffKillR: the unlabelled image whose cells are most uncertain")
@@ -254,12 +328,12 @@ class MostUncertainImage(Strategy):
         if not candidates:
             return {}
         scores = json.loads(self.record.read_text()) if self.record.is_file() else {}
-        bank = list(self.annotator.bank_stamp())
+        workflow = self.annotator.stamp()  # a new bank or new weights: every score again
         for image_id in candidates:
             path = Path(datastore.get_image_uri(image_id))
-            stamp = [bank, path.stat().st_mtime_ns]
+            stamp = [workflow, path.stat().st_mtime_ns]
             if scores.get(image_id, {}).get("stamp") != stamp:
-                uncertainty = np.asarray(self.annotator(*read_image_and_opacity(path)).cells["uncertainty"],
+                uncertainty = np.asarray(self.annotator(*read_image_and_opacity(path))[0].cells["uncertainty"],
                                          dtype=float)
                 mean = float(np.nanmean(uncertainty)) if np.isfinite(uncertainty).any() else 0.0
                 scores[image_id] = {"stamp": stamp, "uncertainty": mean, "cells": int(len(uncertainty))}
@@ -277,9 +351,9 @@ class DiffKillRApp(MONAILabelApp):
 
     def __init__(self, app_dir, studies, conf):
         self.bundle_root = Path(conf.get("bundle_root") or Path(__file__).resolve().parents[1])
-        device = conf.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
-        self.bank_path = app_bank(self.bundle_root, studies)
-        self.annotator = Annotator(self.bundle_root, self.bank_path, device)
+        self.device = conf.get("device") or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        self.annotator = Annotator(self.bundle_root, studies, self.device)
+        self.bank_path = self.annotator.bank_path
         version = json.loads((self.bundle_root / "configs" / "metadata.json").read_text())["version"]
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="DiffKillR", version=version,
                          description="Every nucleus from a few dozen annotated ones: archetype matching + registration")
@@ -298,7 +372,7 @@ class DiffKillRApp(MONAILabelApp):
         return super().infer({**request, "image_id": request.get("image")}, datastore)
 
     def init_trainers(self) -> dict:
-        return {"diffkillr": LearnFromCorrections(self.bundle_root, self.bank_path, self.studies)}
+        return {"diffkillr": LearnFromCorrections(self.bundle_root, self.bank_path, self.studies, self.device)}
 
     def init_strategies(self) -> dict:
         return {"most_uncertain": MostUncertainImage(self.annotator, self.studies)}
@@ -311,10 +385,16 @@ class DiffKillRApp(MONAILabelApp):
 APP_DIR = Path(__file__).resolve().parents[1] / "scripts" / "monailabel_app"
 
 
+class ServerURL(str):
+    """A running server's base URL, and its process id (``pid``)."""
+
+    pid: int
+
+
 @contextmanager
 def running_server(studies, log_path, device: str = "cpu", timeout: float = 240.0):
     """``monailabel start_server`` with this app on 127.0.0.1 and a free port, as a user starts it (for the tests
-    and the benchmark); yields its base URL, stops it on exit. Its output goes to ``log_path``."""
+    and the benchmarks); yields its base URL (a ``ServerURL``), stops it on exit. Its output goes to ``log_path``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -325,7 +405,8 @@ def running_server(studies, log_path, device: str = "cpu", timeout: float = 240.
             [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
              "-i", "127.0.0.1", "-p", str(port), "--conf", "device", device],
             stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = ServerURL(f"http://127.0.0.1:{port}")
+    url.pid = process.pid
     try:
         deadline = time.time() + timeout
         while True:
@@ -353,9 +434,10 @@ def _request(url: str, body: dict | None = None, timeout: float = 60.0):
         return json.loads(reply.read() or b"null")
 
 
-def train_and_wait(url: str, timeout: float = 600.0) -> dict:
-    """``POST /train/diffkillr`` as QuPath sends it (in the background), then the task polled until it ends."""
-    _request(f"{url}/train/diffkillr", body={}, timeout=60)
+def train_and_wait(url: str, timeout: float = 600.0, body: dict | None = None) -> dict:
+    """``POST /train/diffkillr`` as QuPath sends it (in the background, with ``body``), then the task polled until it
+    ends."""
+    _request(f"{url}/train/diffkillr", body=body or {}, timeout=60)
     deadline = time.time() + timeout
     while (task := _request(f"{url}/train/", timeout=30))["status"] in ("SUBMITTED", "RUNNING"):
         if time.time() > deadline:

@@ -187,10 +187,16 @@ class ResumableCheckpoint:
 
     The trainer joins ``save_dict`` at attach time: named in the config it would be a circular reference (its handlers
     hold this one).
+
+    Under DistributedDataParallel (``rank`` > 0 on all but the first process) every rank resumes from the newest
+    checkpoint, so that all continue at the same epoch with the same weights and optimiser state (a rank starting
+    over would run more epochs than the others and wait on them forever), and only rank 0 writes. The random state
+    saved is rank 0's: the other ranks keep their own seeding, so a resumed multi-process run is not bit-identical
+    to an uninterrupted one.
     """
 
-    def __init__(self, ckpt_dir, save_dict: dict, resume: bool = True, bank_path=None):
-        self.ckpt_dir, self.save_dict, self.resume = Path(ckpt_dir), dict(save_dict), resume
+    def __init__(self, ckpt_dir, save_dict: dict, resume: bool = True, bank_path=None, rank: int = 0):
+        self.ckpt_dir, self.save_dict, self.resume, self.rank = Path(ckpt_dir), dict(save_dict), resume, rank
         # the bank trained on, by content: a run folder resumed with another bank must not silently continue
         self.bank = BankFingerprint(bank_path) if bank_path is not None else None
 
@@ -210,10 +216,12 @@ class ResumableCheckpoint:
                                 "give a new --ckpt_dir, or --resume False to start over here")
             logger.info("resuming from %s", latest)
             # checkpoints older than the bank fingerprint or the random states resume without them
-            load_dict = {k: v for k, v in save_dict.items() if k not in ("bank", "random") or k in stored}
+            load_dict = {k: v for k, v in save_dict.items()
+                         if k not in ("bank", "random") or (k in stored and not (k == "random" and self.rank))}
             CheckpointLoader(load_path=str(latest), load_dict=load_dict, map_location="cpu").attach(engine)
-        CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
-                        epoch_level=True).attach(engine)
+        if self.rank == 0:
+            CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,
+                            epoch_level=True).attach(engine)
 
 
 def _legacy_state(state: tuple) -> dict:

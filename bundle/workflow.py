@@ -9,21 +9,27 @@ a bug to report, not a mistake of the user's.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
+import tifffile
 import torch
 from ignite.engine import Events
 from tqdm.auto import tqdm
 
-from .data import DataError, image_id_of, written_atomically
+from .data import DataError, image_id_of, is_slide, remove_dead_temporaries, written_atomically
 from .match import UNLIKE_THE_BANK, unlike_the_bank
+from .outputs import output_names
+from .slide import slide_output_names
 from .stitch import CELL_COLUMNS, CELLS_KEY
 
-__all__ = ["one_line_errors", "error_line", "check_device", "AnnotationProgress"]
+__all__ = ["one_line_errors", "error_line", "check_device", "check_output_dir", "outputs_complete",
+           "still_to_annotate", "AnnotationProgress"]
 
 
 def error_line(error: BaseException) -> str | None:
@@ -85,13 +91,54 @@ def check_device(device) -> torch.device:
 
 def check_output_dir(output_dir) -> Path:
     """The folder the outputs go to (``--output_dir``), created if missing and tried with a file, refused with one
-    line when nothing can be written there: found before the first image is annotated, not after it."""
+    line when nothing can be written there: found before the first image is annotated, not after it. What killed
+    runs left half-written there (hidden temporary folders of dead processes) is removed."""
     folder = Path(output_dir)
     check = folder / f".diffkillr_write_check.{os.getpid()}"  # one per process: torchrun's ranks check at once
     with written_atomically(check) as (probe,):
         probe.write_bytes(b"")
     check.unlink()
+    remove_dead_temporaries(folder)
     return folder
+
+
+def _csv_rows(path: Path) -> int:
+    with open(path, newline="") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1
+
+
+def outputs_complete(output_dir, image) -> bool:
+    """Whether ``image`` (a path) already has all its outputs in ``output_dir``, each whole and agreeing with the
+    others: as many CSV rows as GeoJSON features and, for an image (not a slide), as the label map's largest label.
+    A run killed while publishing an image's files leaves some of them new and some missing: that image is not
+    complete."""
+    image_id = image_id_of(str(image))
+    names = slide_output_names(image_id) if is_slide(image) else output_names(image_id)
+    paths = {key: Path(output_dir) / name for key, name in names.items()}
+    if not all(path.is_file() for path in paths.values()):
+        return False
+    try:
+        rows = _csv_rows(paths["csv"])
+        features = len(json.loads(paths["geojson"].read_text())["features"])
+        if "overlay" in paths:
+            return features == rows == int(tifffile.imread(paths["labels"]).max(initial=0))
+        return features == rows
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable, or not what the bundle writes
+        return False
+
+
+def still_to_annotate(images: list, output_dir, resume: bool = False) -> list:
+    """``images`` (a datalist of ``{"image": path}`` or a list of paths), less those with complete outputs in
+    ``output_dir`` (``outputs_complete``) when ``resume``: a run killed half-way, run again with ``--resume true``,
+    continues where it stopped. Says how many it skips."""
+    if not resume:
+        return list(images)
+    todo = [item for item in images
+            if not outputs_complete(output_dir, item["image"] if isinstance(item, dict) else item)]
+    if len(todo) < len(images):
+        print(f"resume: {len(images) - len(todo)} of {len(images)} images already have complete outputs in "
+              f"{output_dir}: skipped")
+    return todo
 
 
 class AnnotationProgress:

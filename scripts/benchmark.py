@@ -2,20 +2,16 @@
 """Benchmarks of the DiffKillR bundle on any dataset folder (layout: ``bundle.data.list_dataset``); the protocols live
 in ``bundle.benchmarks``, this is their command line.
 
-    python scripts/benchmark.py annotate --train-dir DATA --test-dir DATA --organ Kidney --seeds 0,1,2 \\
-        --json eval/annotate_kidney.json
+    python scripts/benchmark.py annotate --train-dir DATA --test-dir DATA --organ Kidney --json eval/annotate_kidney.json
 
-* ``annotate``: whole test images, ours against the baselines (``bundle.benchmarks.whole_image``);
-* ``matching``: DiffeoInvariantNet, the paper's Table I (``bundle.benchmarks.matching``);
-* ``registration``: DiffeoMappingNet against demons and ANTs, and on synthetic shapes (``bundle.benchmarks.registration``);
-* ``speed``, ``serve``: inference settings compared in one process; the MONAI Label app against the workflow it serves
-  (``bundle.benchmarks.speed``, ``bundle.benchmarks.serve_latency``);
-* ``mosaic``: mosaics of tiles as large images, region by region, against their tiles (``bundle.benchmarks.mosaic``);
-* ``tune-baselines``, ``sizes``: the label-free baselines' parameters from grids on the train tiles; how large the
-  nuclei are (``bundle.benchmarks.tuning``, ``bundle.benchmarks.sizes``).
+Subcommands, each the protocol of a module of ``bundle.benchmarks``: ``annotate`` (``whole_image``: whole test images,
+ours against the baselines), ``matching`` (DiffeoInvariantNet, the paper's Table I), ``registration``
+(DiffeoMappingNet against demons and ANTs, and on synthetic shapes), ``speed`` (inference settings in one process),
+``serve`` (``serve_latency``: the MONAI Label app against the workflow it serves), ``mosaic`` (large images region by
+region against their tiles), ``reliability`` (the main job killed and resumed; the app under concurrent requests),
+``tune-baselines`` (``tuning``: the label-free baselines' parameters) and ``sizes`` (how large the nuclei are).
 
-Trained networks are kept under ``--work-dir`` per (organ, fraction, seed) and reused by later runs unless
-``--retrain``; ``--checkpoint`` / ``--mapping-checkpoint`` use given weights instead."""
+Trained networks are kept under ``--work-dir`` per (organ, fraction, seed) and reused unless ``--retrain``."""
 
 import argparse
 import sys
@@ -23,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from bundle.benchmarks import matching, mosaic, registration, serve_latency, sizes, speed, tuning, whole_image
+from bundle.benchmarks import (matching, mosaic, registration, reliability, serve_latency, sizes, speed, tuning,
+                               whole_image)
 from bundle.benchmarks.protocol import ROOT, Setting, write_json
 from bundle.data import DataError
 
@@ -40,10 +37,9 @@ def seeds_of(args) -> list[int]:
 
 def invariant_training(args) -> dict:
     """Overrides of the invariant training config for a benchmark run (its defaults otherwise)."""
-    overrides = {"train#trainer#max_epochs": args.epochs, "n_views": args.train_views}
-    if args.unlabelled:  # label-free proposal crops of the same train images: pixels only, no annotation
-        overrides.update({"dataset_dir": str(args.train_dir), "unlabelled_organ": args.organ})
-    return overrides
+    # with unlabelled: label-free proposal crops of the same train images (pixels only, no annotation)
+    unlabelled = {"dataset_dir": str(args.train_dir), "unlabelled_organ": args.organ} if args.unlabelled else {}
+    return {"train#trainer#max_epochs": args.epochs, "n_views": args.train_views, **unlabelled}
 
 
 def mapping_training(args) -> dict:
@@ -52,12 +48,14 @@ def mapping_training(args) -> dict:
 
 
 def run(args) -> dict:
-    simple = {"sizes": (sizes, ()), "tune-baselines": (tuning, ()), "mosaic": (mosaic, ("organ", "split", "device")),
-              "speed": (speed, ("organ", "split", "repeats", "device")),
-              "serve": (serve_latency, ("organ", "split", "repeats", "device"))}
+    simple = {"sizes": (sizes, ("data_dir",)), "tune-baselines": (tuning, ("data_dir",)),
+              "mosaic": (mosaic, ("data_dir", "organ", "split", "device")),
+              "speed": (speed, ("data_dir", "organ", "split", "repeats", "device")),
+              "serve": (serve_latency, ("data_dir", "organ", "split", "repeats", "device")),
+              "reliability": (reliability, ("n_kills", "requests_total"))}
     if args.command in simple:
         module, options = simple[args.command]
-        result = module.run(args.data_dir, **{k: getattr(args, k) for k in options})
+        result = module.run(**{k: getattr(args, k) for k in options})
         getattr(module, "print_summary", lambda r: None)(result)
         return result
     if args.command == "annotate":
@@ -92,6 +90,9 @@ def main(argv=None) -> int:
     z = sub.add_parser("sizes", help="the largest extent of every annotated nucleus")
     x = sub.add_parser("mosaic", help="mosaics of tiles as large images: cells, time, memory and seams against the tiles")
     v = sub.add_parser("serve", help="the MONAI Label app's /infer and /train against the workflow, in one session")
+    y = sub.add_parser("reliability", help="the main job killed at random moments; the app under concurrent requests")
+    y.add_argument("--kills", dest="n_kills", type=int, default=20, help="SIGKILLs, each at a random moment of a run")
+    y.add_argument("--requests", dest="requests_total", type=int, default=50, help="/infer requests sent at once")
     for p in (a, m, r):
         p.add_argument("--train-dir", required=True, help="dataset folder whose train rows give the bank")
         p.add_argument("--test-dir", required=True, help="dataset folder whose test rows are scored")
@@ -109,9 +110,8 @@ def main(argv=None) -> int:
         p.add_argument("--no-unlabelled", dest="unlabelled", action="store_false",
                        help="train on the bank cells only, without label-free proposal crops of the train images")
     m.add_argument("--views", type=int, default=2, help="query views per held-out cell")
-    m.add_argument("--gallery-size", default=None,
-                   help="also report the metrics against random galleries of this many test cells ('bank': as many "
-                        "as the seed's bank holds)")
+    m.add_argument("--gallery-size", default=None, help="also against random galleries of this many test cells "
+                                                         "('bank': as many as the seed's bank holds)")
     r.add_argument("--mapping-checkpoint", default=None, help="a trained DiffeoMappingNet; else train")
     r.add_argument("--mapping-epochs", type=int, default=100, help="DiffeoMappingNet epochs when training")
     r.add_argument("--backbone", default="voxelmorph", choices=["voxelmorph", "localnet"])
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         p.add_argument("--repeats", type=int, default=3)
     for p in (a, m, r, s, v, x):
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for p in (a, m, r, s, t, z, v, x):
+    for p in (a, m, r, s, t, z, v, x, y):
         p.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
     try:

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/monuseg}
-mkdir -p eval/speed eval/serve eval/mosaic eval/ablation eval/effort
+mkdir -p eval/speed eval/serve eval/mosaic eval/ablation eval/effort eval/reliability
 # how large the nuclei are: the patch and crop sizes of bundle/patches.py
 python scripts/benchmark.py sizes --data-dir "$DATA" --json eval/nucleus_sizes.json
 # the label-free baselines' defaults (bundle/benchmarks/baselines/segmentation.py): grids on the train tiles
@@ -37,8 +37,11 @@ done
 # large images: mosaics of the test tiles region by region against their tiles one by one, the seam check, and
 # 10,000 and 20,000 px mosaics as slides (tiled TIFFs read and written region by region)
 python scripts/benchmark.py mosaic --data-dir "$DATA" --json eval/mosaic/mosaic.json
-# the MONAI Label app's /infer and /train against the workflow it serves (needs the test install of README.md)
+# the MONAI Label app's /infer and /train (bank update, then fine-tuning) against the workflow it serves, and what one
+# corrected tile changes on the others (needs the test install of README.md)
 python scripts/benchmark.py serve --data-dir "$DATA" --organ Kidney --json eval/serve/serve_kidney.json
+# the main job killed with SIGKILL at random moments, then resumed; 50 concurrent /infer against one server
+python scripts/benchmark.py reliability --json eval/reliability/reliability.json
 # DiffeoMappingNet trained from scratch for 20 epochs with each backbone, then with and without the Dice label term
 for bb in localnet voxelmorph; do
   python -m monai.bundle run --config_file "['configs/train.yaml','configs/train_mapping.yaml']" \

@@ -17,10 +17,11 @@ import tifffile
 import torch
 from PIL import Image
 
-from bundle.bank import load_bank
+from bundle.bank import load_bank, save_bank
 from bundle.checkpoint import load_weights
 from bundle.data import DataError, list_dataset, read_image, read_instances
 from bundle.inferer import ArchetypeInferer
+from bundle.match import unlike_the_bank
 from bundle.networks import DiffeoMappingNet
 from bundle.workflow import check_device, check_output_dir
 
@@ -168,8 +169,26 @@ def test_a_dataset_folder(tmp_path, case):
         assert len(list_dataset(folder)) == expected
 
 
+def cut_in_half(source: Path, path: Path) -> Path:
+    return written(path, source.read_bytes()[: source.stat().st_size // 2])
+
+
+def bank_without_whole_cells(t: Path) -> Path:
+    bank = load_bank(ROOT / "models" / "bank.pt")
+    return save_bank({**bank, "masks": torch.zeros_like(bank["masks"])}, t / "bank.pt")
+
+
 SETTINGS = {
     "a missing bank": (lambda t: load_bank(t / "bank.pt"), r"bank\.pt: bank file not found"),
+    "a truncated bank": (lambda t: load_bank(cut_in_half(ROOT / "models" / "bank.pt", t / "bank.pt")),
+                         r"bank\.pt: not a readable bank file"),
+    "a bank whose masks are all empty": (
+        lambda t: ArchetypeInferer(bank_without_whole_cells(t), torch.nn.Identity()).setup(),
+        r"no cell of the bank is a whole nucleus"),
+    "a truncated checkpoint": (
+        lambda t: load_weights(DiffeoMappingNet(3, backbone="voxelmorph"),
+                               cut_in_half(ROOT / "models" / "model.pt", t / "model.pt")),
+        r"model\.pt: not a readable checkpoint"),
     "a text file as the bank": (lambda t: load_bank(written(t / "bank.pt", "hello")),
                                 r"bank\.pt: not a readable bank file"),
     "an empty bank file": (lambda t: load_bank(written(t / "bank.pt", b"")), r"bank\.pt: not a readable"),
@@ -191,5 +210,44 @@ def test_a_setting(tmp_path, case):
     fails_in_one_line(lambda: run(tmp_path), expected)
 
 
+@pytest.fixture(scope="module")
+def annotate():
+    """The main job's annotator (``configs/inference.yaml``, shipped models) on one image tensor."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    inferer = parser.get_parsed_content("inferer")
+    network = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt").eval()
+    return lambda image: inferer.annotate(image, network)
+
+
+def flagged(annotation) -> bool:
+    """Whether the main job warns that an image's cells look like none of the bank's (``match.unlike_the_bank``)."""
+    return unlike_the_bank(annotation.cells["match_distance"]) is not None
+
+
+# what the pixels hold: the expected number of cells (or "flagged": annotated with a warning), or the error pattern
+CONTENT = {
+    "all white": (lambda: torch.ones(3, 300, 300), 0),
+    "all black": (lambda: torch.zeros(3, 300, 300), "flagged"),
+    "uniform noise": (lambda: torch.rand(3, 300, 300, generator=torch.Generator().manual_seed(0)), "flagged"),
+    "a thin strip": (lambda: torch.rand(3, 5, 600), r"image of 5x600 pixels is smaller than a 64x64 patch"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONTENT))
+def test_what_an_image_holds(annotate, case):
+    build, expected = CONTENT[case]
+    if isinstance(expected, str) and expected != "flagged":
+        fails_in_one_line(lambda: annotate(build()), expected)
+    elif expected == "flagged":
+        assert flagged(annotate(build()))
+    else:
+        annotation = annotate(build())
+        assert annotation.labels.max() == expected and not flagged(annotation)
+
+
 def test_the_corpus_holds_at_least_forty_cases():
-    assert len(IMAGES) + len(ANNOTATIONS) + len(DATASETS) + len(SETTINGS) >= 40
+    assert len(IMAGES) + len(ANNOTATIONS) + len(DATASETS) + len(SETTINGS) + len(CONTENT) >= 40

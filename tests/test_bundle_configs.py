@@ -206,18 +206,23 @@ def test_the_multi_gpu_overlay_keeps_every_initialize_step_of_the_training_confi
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["invariant", "mapping"])
-def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_dataset, tmp_path, which):
+def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu_and_both_resume(tiny_dataset, tmp_path,
+                                                                                           which):
     from bundle.bank import build_bank, save_bank
     from bundle.checkpoint import recipe_of
 
     bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
     configs = [str(ROOT / "configs" / name) for name in TRAIN[which] + ["multi_gpu_train.yaml"]]
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "--config_file", str(configs), "--bundle_root", str(ROOT),
-         "--bank_path", str(bank), "--ckpt_dir", str(tmp_path / "run"), "--cells_per_batch", "8",
-         "--val_interval", "1", "--train#trainer#max_epochs", "1"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def torchrun(epochs: int, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+             "-m", "monai.bundle", "run", "--config_file", str(configs), "--bundle_root", str(ROOT),
+             "--bank_path", str(bank), "--ckpt_dir", str(tmp_path / "run"), "--cells_per_batch", "8",
+             "--val_interval", "1", "--train#trainer#max_epochs", str(epochs)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    result = torchrun(1, 600)
     assert result.returncode == 0, result.stderr[-3000:]
     # rank 0 alone saves, and what it saves is the bare network's weights, loadable without DDP
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pt")) == ["checkpoint_epoch=1.pt", "model.pt"]
@@ -225,6 +230,11 @@ def test_the_multi_gpu_overlay_trains_with_two_ranks_under_torchrun_on_cpu(tiny_
     from bundle.checkpoint import load_weights
 
     load_weights(training_config(which).get_parsed_content("network_def"), tmp_path / "run" / "model.pt")
+    # the same command for two epochs: both ranks continue from epoch 1 (a rank starting over would run one epoch
+    # more than the other and wait on it forever)
+    result = torchrun(2, 300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint_epoch=2.pt").is_file()
 
 
 @pytest.mark.slow

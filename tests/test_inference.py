@@ -363,3 +363,18 @@ def test_a_large_image_annotated_region_by_region_gives_every_nucleus_as_one_reg
     assert tiled.cells["id"] == list(range(1, tiled.labels.max() + 1))
     assert tiled.cells["area"] == np.bincount(tiled.labels.ravel())[1:].tolist()
     assert all(len(tiled.cells[k]) == len(tiled.cells["id"]) for k in tiled.cells)
+
+
+@pytest.mark.slow
+def test_a_bank_of_one_archetype_is_flagged_by_name_before_the_first_image(tmp_path, capsys):
+    from bundle.bank import load_bank, save_bank, take, whole_archetypes
+
+    bank = load_bank(ROOT / "models" / "bank.pt")
+    one = int(torch.nonzero(whole_archetypes(bank))[0])
+    path = save_bank({**take(bank, [one]), "meta": bank["meta"]}, tmp_path / "one.pt")
+    run_inference(bank_path=str(path), output_dir=str(tmp_path / "out"))
+    out = capsys.readouterr().out
+    assert f"warning: {path}: only 1 archetype(s) to match cells to" in out
+    assert out.index("only 1 archetype") < out.index(f"{SAMPLE_ID}:")  # said when the bank is read
+    assert (tmp_path / "out" / f"{SAMPLE_ID}_labels.tif").is_file()  # flagged, not refused
+

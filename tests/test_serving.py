@@ -185,3 +185,43 @@ def test_a_corrected_grey_image_cannot_join_a_bank_of_colour_archetypes(studies)
     cells.update(image_ids=["grey"] * len(cells["cell_ids"]), organs=[""] * len(cells["cell_ids"]))
     with pytest.raises(DataError, match="grey: a corrected image of 1 channel"):
         grown_bank(load_bank(ROOT / "models" / "bank.pt"), [cells], folder)
+
+
+def test_fifty_requests_at_once_all_succeed_answer_as_one_at_a_time_and_keep_memory_bounded(server):
+    from bundle.benchmarks.reliability import concurrent_infer
+
+    result = concurrent_infer(server, ["a", "b", "c"], requests_total=50, server_pid=server.pid)
+    assert result["failures"] == [] and result["mismatches"] == []
+    # the requests queue for the one workflow instead of each holding its own: the server's peak hardly moves
+    if result["peak_memory_mb_before"] is not None:
+        assert result["peak_memory_mb_after"] - result["peak_memory_mb_before"] < 300, result
+
+
+def test_asked_to_fine_tune_train_makes_new_weights_from_the_corrections_and_the_next_infer_runs_on_them(server,
+                                                                                                        studies):
+    folder, truth = studies
+    if not (folder / "labels" / "final" / "a.xml").is_file():  # run alone: the correction of the test above
+        requests.put(f"{server}/datastore/label?image=a&tag=final", data={"params": "{}"}, timeout=60,
+                     files={"label": ("a.xml", asap_label(truth), "application/xml")}).raise_for_status()
+    _, before = infer_labels(server, "b")
+    task = train_and_wait(server, body={"fine_tune": True, "epochs": 1})
+    assert task["status"] == "DONE", task
+    _, after = infer_labels(server, "b")  # no restart
+    assert before["weights"] == {"invariant": str(ROOT / "models" / "invariant.pt"),
+                                 "mapping": str(ROOT / "models" / "model.pt")}
+    assert after["weights"] == {net: str(folder / "diffkillr" / f"{net}.pt") for net in ("invariant", "mapping")}
+    for net, shipped in (("invariant", "invariant.pt"), ("mapping", "model.pt")):
+        old = torch.load(ROOT / "models" / shipped, weights_only=True)["model"]
+        new = torch.load(folder / "diffkillr" / f"{net}.pt", weights_only=True)["model"]
+        assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
+    stats = requests.get(f"{server}/info/", timeout=30).json()["train_stats"]["diffkillr"]["fine_tuned"]
+    assert stats["epochs"] == 1 and stats["users_cells"] > 20 and stats["cells"] >= 2 * stats["users_cells"]
+    assert after["count"] > 0
+
+
+def test_fine_tuning_without_a_corrected_cell_is_one_line(tmp_path):
+    from bundle.data import DataError
+    from bundle.serving import fine_tune
+
+    with pytest.raises(DataError, match="no corrected cell to fine-tune on"):
+        fine_tune(ROOT, tmp_path, {}, torch.load(ROOT / "models" / "bank.pt", weights_only=True), epochs=1)

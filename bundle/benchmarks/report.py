@@ -398,7 +398,7 @@ def render_card(text: str, root: Path) -> str:
     """The model card ``text`` with every generated block rewritten from the artifacts under ``root``."""
     blocks = {"sizes": sizes_block, "calibration": calibration_block, "models": models_block,
               "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block,
-              "serve": serve_block, "mosaic": mosaic_block}
+              "serve": serve_block, "mosaic": mosaic_block, "reliability": reliability_block}
 
     def fill(match):
         name = match.group("name")
@@ -593,11 +593,51 @@ def serve_block(root: Path) -> str:
                            f"the bank update, the rest MONAI Label starting its training process), and the next "
                            f"`/infer` of that tile {c['next_infer_seconds']:.2f} s with {c['archetypes_after']} "
                            "archetypes.")
+        if "fine_tune_seconds" in c:
+            f = c["fine_tuned"]
+            corrections.append(f"Asked to fine-tune both networks on that correction (`{{\"fine_tune\": true}}`, "
+                               f"{f['epochs']} epochs each on its {f['users_cells']} cells and as many others of the "
+                               f"bank), `/train` took {c['fine_tune_seconds']:.0f} s from request to done.")
+        if r.get("other_tiles"):
+            names = {"shipped": "shipped models", "bank_updated": "after the bank update",
+                     "fine_tuned": "after the fine-tuning"}
+            corrections += ["", f"The other {len(r['tiles']) - 1} tiles, annotated by the server at each stage "
+                            "(mean over the tiles):", "", "| stage | count F1 | object Dice | AJI |", "|---|---|---|---|"]
+            corrections += [f"| {names[k]} | {v['f1']:.3f} | {v['dice_obj']:.3f} | {v['aji']:.3f} |"
+                            for k, v in r["other_tiles"].items()]
+            corrections.append("")
     lines += [""] + corrections + [measured_on(json.loads(files[0].read_text())) + " (`eval/serve/`)"]
     if (root / "docs" / "serve_qupath.png").is_file():
         lines += ["", "![What QuPath shows for a rectangle on the embedded sample](serve_qupath.png)", "",
                   "*The server's reply to QuPath's request for the dashed rectangle of the embedded sample: one "
                   "polygon of class Nucleus per cell, as the extension draws them.*"]
+    return "\n".join(lines) + "\n"
+
+
+def reliability_block(root: Path) -> str:
+    """The main job killed at random moments, and the app under concurrent requests (``scripts/benchmark.py
+    reliability``)."""
+    r = _load(root / "eval" / "reliability" / "reliability.json")
+    if r is None:
+        return _missing("eval/reliability/reliability.json", "python scripts/benchmark.py reliability")
+    k, c = r["kills"], r["concurrent"]
+    killed = [x for x in k["kills"] if not x["finished_first"]]
+    part_way = sum(1 for x in killed if 0 < x["files"] < 4 * k["n_images"])
+    same = "the same files as" if k["differs_from_reference"] == [] else f"files differing ({k['differs_from_reference']}) from"
+    memory = (f" The server's peak resident memory was {c['peak_memory_mb_before']:.0f} MB before the burst and "
+              f"{c['peak_memory_mb_after']:.0f} MB after it." if c.get("peak_memory_mb_before") else "")
+    lines = [
+        "| check | runs | failures |", "|---|---|---|",
+        f"| main job killed (SIGKILL) at a random moment, then run again with `--resume true` | {len(killed)} kills "
+        f"({part_way} with some images written and others not) | {k['partial_files']} files that did not read back |",
+        f"| `/infer` requests sent at once to one server | {c['requests']} | {len(c['failures'])} failed, "
+        f"{len(c['mismatches'])} answered other than one at a time |",
+        "",
+        f"After the kills, one more `--resume true` run wrote {same} an uninterrupted run of the {k['n_images']} "
+        f"images ({k['reference_seconds']:.1f} s), and left {len(k['hidden_left'])} hidden temporary folders. The "
+        f"{c['requests']} concurrent requests took {c['concurrent_seconds']:.1f} s in all, queued for the one "
+        f"workflow.{memory}",
+        measured_on(r) + " (`eval/reliability/`)"]
     return "\n".join(lines) + "\n"
 
 
