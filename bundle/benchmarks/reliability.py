@@ -130,7 +130,8 @@ def kills(n_kills: int = 20, n_images: int = 8, seed: int = 0, work: Path | None
     out = work / "killed"
     rng = random.Random(seed)
     records = []
-    for _ in range(n_kills):
+    # a run that ends before its moment was not killed: draw again, until n_kills runs were
+    while sum(not r["finished_first"] for r in records) < n_kills and len(records) < 3 * n_kills:
         if expected - len(_visible(out)) < 2:  # nothing left to kill it in: start the folder over
             shutil.rmtree(out, ignore_errors=True)
         before = len(_visible(out))
