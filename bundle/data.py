@@ -123,7 +123,11 @@ def _existing_file(path) -> pathlib.Path:
     if not path.is_file():
         if path.is_symlink():
             raise DataError(f"{path}: a symbolic link that leads to no file (a broken link, or a loop of links)")
+        if path.is_dir():
+            raise DataError(f"{path}: a folder, not a file")
         raise DataError(f"{path}: file not found")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: no permission to read it (ask its owner, or copy it somewhere you may read)")
     return path
 
 

@@ -302,9 +302,9 @@ class ValidationHandler(MonaiValidationHandler):
 
 def progress_output(output) -> dict:
     """What the progress bar shows: the iteration's loss."""
-    if isinstance(output, list):
+    if isinstance(output, list):  # decollated: every cell's dictionary holds the batch's loss
         output = output[0]
-    return {"loss": float(output["loss"].detach())}
+    return {"loss": float(output["loss"])}
 
 
 class ProgressBar(IgniteProgressBar):

@@ -84,6 +84,7 @@ IMAGES = {
     "a loop of symbolic links": (lambda t: (os.symlink(t / "b.png", t / "a.png"), os.symlink(t / "a.png", t / "b.png"))
                                  and t / "a.png", r"a\.png: a symbolic link that leads to no file"),
     "a missing file": (lambda t: t / "a.png", r"a\.png: file not found"),
+    "a folder named like an image": (lambda t: (t / "a.png").mkdir() or t / "a.png", r"a\.png: a folder, not a file"),
 }
 
 
@@ -105,6 +106,15 @@ def test_an_image_file(tmp_path, case):
         image = read_image(path)
         assert tuple(image.shape) == expected and image.dtype == torch.float32
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_a_file_without_read_permission(tmp_path, monkeypatch):
+    import bundle.data
+
+    path = png(tmp_path / "a.png")
+    # as the system answers for a file another user owns (CI runs as root, for whom every file is readable)
+    monkeypatch.setattr(bundle.data.os, "access", lambda p, mode: Path(p) != path)
+    fails_in_one_line(lambda: read_image(path), r"a\.png: no permission to read it")
 
 
 def aperio(t, body):
@@ -250,4 +260,4 @@ def test_what_an_image_holds(annotate, case):
 
 
 def test_the_corpus_holds_at_least_forty_cases():
-    assert len(IMAGES) + len(ANNOTATIONS) + len(DATASETS) + len(SETTINGS) + len(CONTENT) >= 40
+    assert len(IMAGES) + 1 + len(ANNOTATIONS) + len(DATASETS) + len(SETTINGS) + len(CONTENT) >= 40

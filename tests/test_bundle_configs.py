@@ -106,6 +106,32 @@ def test_training_writes_the_best_weights_with_their_recipe_and_resumes_from_the
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("which, metric", [("invariant", "val_map"), ("mapping", "val_dice")])
+def test_tracking_with_mlflow_records_every_iterations_loss_and_each_validation_in_the_run_folder(tiny_dataset,
+                                                                                                 tmp_path, which,
+                                                                                                 metric):
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed: see the test command in README.md")
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.bank import build_bank, save_bank
+
+    bank = save_bank(build_bank(tiny_dataset, fraction=1.0, seed=0, progress=False), tmp_path / "bank.pt")
+    # as `python -m monai.bundle run ... --tracking mlflow` runs it: MONAI's own settings, nothing of ours
+    workflow = ConfigWorkflow(config_file=[str(ROOT / "configs" / name) for name in TRAIN[which]],
+                              workflow_type=None, bundle_root=str(ROOT), bank_path=str(bank), tracking="mlflow",
+                              ckpt_dir=str(tmp_path / "run"), device="$torch.device('cpu')", cells_per_batch=8,
+                              val_interval=1, **{"train#trainer#max_epochs": 2})
+    workflow.initialize()
+    workflow.run()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlruns.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == trainer.state.iteration
+    assert len(client.get_metric_history(run.info.run_id, metric)) == 2  # one validation per epoch
+    assert list((tmp_path / "run").glob("config_*.json"))  # the executed config, beside the checkpoints
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["invariant", "mapping"])
 def test_a_resumed_run_reaches_the_weights_of_an_uninterrupted_one(tiny_dataset, tmp_path, which):
     from monai.bundle import ConfigWorkflow
