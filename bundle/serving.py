@@ -63,7 +63,7 @@ def app_bank(bundle_root, studies) -> Path:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         with written_atomically(path) as (tmp,):
-            shutil.copyfile(Path(bundle_root) / "models" / "bank.pt", tmp)
+            shutil.copyfile(Path(bundle_root) / "models" / "archetype_bank.pt", tmp)
     return path
 
 
@@ -297,7 +297,7 @@ class LearnFromCorrections(TrainTask):
 
     def __call__(self, request: dict, datastore) -> dict:
         start = time.perf_counter()
-        shipped = load_bank(self.bundle_root / "models" / "bank.pt")
+        shipped = load_bank(self.bundle_root / "models" / "archetype_bank.pt")
         corrections = corrected_cells(datastore)
         bank = grown_bank(shipped, corrections, self.studies)
         save_bank(bank, self.bank_path)

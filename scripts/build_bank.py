@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build an archetype bank from a dataset folder's train images.
 
-    python scripts/build_bank.py ../shared/data/monuseg --fraction 0.1 --seed 0 --out models/bank.pt
+    python scripts/build_bank.py ../shared/data/monuseg --fraction 0.1 --seed 0 --out models/archetype_bank.pt
     python scripts/build_bank.py my_dataset --fraction 1.0 --out my_bank.pt      # every annotated cell
 
 The bank is the only ground truth the method sees; see bundle/bank.py for its contents.
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--organ", default=None, help="only this organ")
     parser.add_argument("--per-organ", action="store_true", help="draw the fraction within every organ")
-    parser.add_argument("--out", required=True, help="the bank file to write (models/bank.pt is the shipped one)")
+    parser.add_argument("--out", required=True, help="the bank file to write (models/archetype_bank.pt is the shipped one)")
     args = parser.parse_args(argv)
     try:
         bank = build_bank(args.dataset_dir, fraction=args.fraction, seed=args.seed, organ=args.organ,

@@ -184,13 +184,13 @@ def cut_in_half(source: Path, path: Path) -> Path:
 
 
 def bank_without_whole_cells(t: Path) -> Path:
-    bank = load_bank(ROOT / "models" / "bank.pt")
+    bank = load_bank(ROOT / "models" / "archetype_bank.pt")
     return save_bank({**bank, "masks": torch.zeros_like(bank["masks"])}, t / "bank.pt")
 
 
 SETTINGS = {
     "a missing bank": (lambda t: load_bank(t / "bank.pt"), r"bank\.pt: bank file not found"),
-    "a truncated bank": (lambda t: load_bank(cut_in_half(ROOT / "models" / "bank.pt", t / "bank.pt")),
+    "a truncated bank": (lambda t: load_bank(cut_in_half(ROOT / "models" / "archetype_bank.pt", t / "bank.pt")),
                          r"bank\.pt: not a readable bank file"),
     "a bank whose masks are all empty": (
         lambda t: ArchetypeInferer(bank_without_whole_cells(t), torch.nn.Identity()).setup(),

@@ -288,6 +288,16 @@ def test_the_zipped_bundle_downloaded_as_from_the_zoo_runs_from_another_folder_w
         capture_output=True, text=True, cwd=elsewhere, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((copy / "outputs").glob("*.geojson"))) == len(list((copy / "docs" / "sample" / "images").iterdir()))
+    # monai.bundle.load of the unpacked bundle: it builds a network only from configs/<type>.json (the bundle's configs
+    # are YAML), so the user hands it the network and gets the shipped weights in it
+    from monai.bundle import load
+
+    from bundle.networks import DiffeoMappingNet
+
+    network = load("diffkillr", bundle_dir=str(tmp_path / "zoo"), model=DiffeoMappingNet(3, backbone="voxelmorph"),
+                   key_in_ckpt="model", device="cpu", progress=False)
+    shipped = torch.load(ROOT / "models" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(network.state_dict()[k], shipped[k]) for k in shipped)
 
 
 def test_the_inference_config_has_every_property_monais_infer_workflow_checks():
@@ -322,6 +332,13 @@ def test_large_files_yml_lists_every_shipped_model_file_with_its_hash():
     assert sorted(entry["path"] for entry in listed) == sorted(f"models/{p.name}" for p in (ROOT / "models").glob("*.pt"))
     for entry in listed:
         assert check_hash(ROOT / entry["path"], entry["hash_val"], entry["hash_type"]), f"{entry['path']} changed"
+
+
+def test_monai_labels_generic_bundle_app_offers_the_mapping_network_first():
+    # MONAI Label's monaibundle app offers models/*.pt as the network's weights, shortest name first, and loads the
+    # first with strict=False: a shorter name than model.pt (the bank was bank.pt) was silently loaded as the weights
+    offered = sorted((p.name for p in (ROOT / "models").glob("*.pt")), key=len)
+    assert offered[0] == "model.pt"
 
 
 def test_shipped_files_are_under_the_model_zoo_limit_and_load_weights_only():

@@ -369,7 +369,7 @@ def test_a_large_image_annotated_region_by_region_gives_every_nucleus_as_one_reg
 def test_a_bank_of_one_archetype_is_flagged_by_name_before_the_first_image(tmp_path, capsys):
     from bundle.bank import load_bank, save_bank, take, whole_archetypes
 
-    bank = load_bank(ROOT / "models" / "bank.pt")
+    bank = load_bank(ROOT / "models" / "archetype_bank.pt")
     one = int(torch.nonzero(whole_archetypes(bank))[0])
     path = save_bank({**take(bank, [one]), "meta": bank["meta"]}, tmp_path / "one.pt")
     run_inference(bank_path=str(path), output_dir=str(tmp_path / "out"))

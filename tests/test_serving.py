@@ -143,7 +143,7 @@ def test_a_corrected_label_becomes_archetypes_and_the_next_infer_follows_it(serv
     iou_before, iou_after = best_iou(truth, before), best_iou(truth, after)
     assert iou_after.min() > 0.9 > iou_before.mean()
     # on "b", "a" mirrored (the same nuclei, to a flip-invariant encoder), the cells now match the new archetypes
-    shipped = len(torch.load(ROOT / "models" / "bank.pt", weights_only=True)["image_ids"])
+    shipped = len(torch.load(ROOT / "models" / "archetype_bank.pt", weights_only=True)["image_ids"])
     assert np.mean([cell["archetype_id"] >= shipped for cell in result_b["cells"]]) > 0.9
 
 
@@ -162,7 +162,7 @@ def test_a_label_submitted_again_replaces_that_images_cells_in_the_bank_instead_
     from bundle.serving import grown_bank
 
     folder, truth = studies
-    shipped = load_bank(ROOT / "models" / "bank.pt")
+    shipped = load_bank(ROOT / "models" / "archetype_bank.pt")
     image, _ = load_sample(list_dataset(ROOT / "docs" / "sample")[0])
     cells = extract_cells(image[:, :, :200], truth)
     n = len(cells["cell_ids"])
@@ -184,7 +184,7 @@ def test_a_corrected_grey_image_cannot_join_a_bank_of_colour_archetypes(studies)
     cells = extract_cells(image[:1, :, :200], truth)  # one channel
     cells.update(image_ids=["grey"] * len(cells["cell_ids"]), organs=[""] * len(cells["cell_ids"]))
     with pytest.raises(DataError, match="grey: a corrected image of 1 channel"):
-        grown_bank(load_bank(ROOT / "models" / "bank.pt"), [cells], folder)
+        grown_bank(load_bank(ROOT / "models" / "archetype_bank.pt"), [cells], folder)
 
 
 def test_fifty_requests_at_once_all_succeed_answer_as_one_at_a_time_and_keep_memory_bounded(server):
@@ -224,4 +224,4 @@ def test_fine_tuning_without_a_corrected_cell_is_one_line(tmp_path):
     from bundle.serving import fine_tune
 
     with pytest.raises(DataError, match="no corrected cell to fine-tune on"):
-        fine_tune(ROOT, tmp_path, {}, torch.load(ROOT / "models" / "bank.pt", weights_only=True), epochs=1)
+        fine_tune(ROOT, tmp_path, {}, torch.load(ROOT / "models" / "archetype_bank.pt", weights_only=True), epochs=1)

@@ -65,7 +65,7 @@ def _annotate(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     if job["tile"] is not None:
         inferer_module.TILE = job["tile"]
-    inferer, network = inference(ROOT / "models" / "bank.pt", job["device"])
+    inferer, network = inference(ROOT / "models" / "archetype_bank.pt", job["device"])
     inferer.setup()
     # one tile first, untimed: a fresh process' first call pays for kernel set-up and memory the later ones reuse
     inferer.annotate(job["warm_up"], network)
@@ -121,7 +121,7 @@ def _annotate_slide(job: dict) -> dict:
     from ..slide import annotate_slide
 
     torch.set_num_threads(job["threads"])
-    inferer, network = inference(ROOT / "models" / "bank.pt", job["device"])
+    inferer, network = inference(ROOT / "models" / "archetype_bank.pt", job["device"])
     inferer.setup()
     inferer.annotate(job["warm_up"], network)
     summary = annotate_slide(inferer, network, job["path"], job["output_dir"])

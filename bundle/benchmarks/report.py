@@ -431,9 +431,9 @@ def sizes_block(root: Path) -> str:
 def calibration_block(root: Path) -> str:
     import torch
 
-    meta = torch.load(root / "models" / "bank.pt", map_location="cpu", weights_only=True)["meta"]
+    meta = torch.load(root / "models" / "archetype_bank.pt", map_location="cpu", weights_only=True)["meta"]
     params, grid = meta["proposals"], meta.get("proposals_grid", [])
-    lines = [f"Shipped bank (`models/bank.pt`, `meta[\"proposals\"]`): opening {params['opening_radius']} px, marker "
+    lines = [f"Shipped bank (`models/archetype_bank.pt`, `meta[\"proposals\"]`): opening {params['opening_radius']} px, marker "
              f"spacing {params['min_distance']} px, speck floor {params['min_size']} px; {meta['proposals_found']:.1%} "
              "of its cells hold exactly one proposal. Every point tried:", "",
              "| opening (px) | spacing (px) | bank cells holding exactly one proposal | proposals in their images |",
@@ -451,7 +451,7 @@ def models_block(root: Path) -> str:
     from ..checkpoint import recipe_of
 
     models = root / "models"
-    bank = torch.load(models / "bank.pt", map_location="cpu", weights_only=True)
+    bank = torch.load(models / "archetype_bank.pt", map_location="cpu", weights_only=True)
     meta = bank["meta"]
     organs = {}
     for organ in bank["organs"]:
@@ -467,10 +467,10 @@ def models_block(root: Path) -> str:
         return sum(t.numel() for t in unique.values())
 
     lines = ["| file | what | size |", "|---|---|---|",
-             f"| `bank.pt` | {len(bank['images'])} archetypes: seed {meta['seed']}, {meta['fraction']:.0%} of the "
+             f"| `archetype_bank.pt` | {len(bank['images'])} archetypes: seed {meta['seed']}, {meta['fraction']:.0%} of the "
              f"{meta['n_candidates']:,} annotated cells of the {meta['n_images']} {meta['split']} images of "
              f"`{meta['source']}` ({composition}); {int(whole_archetypes(bank).sum())} are whole nuclei that serve as "
-             f"archetypes, all are ground truth for the student | {size('bank.pt')} |",
+             f"archetypes, all are ground truth for the student | {size('archetype_bank.pt')} |",
              f"| `invariant.pt` | DiffeoInvariantNet, {parameters('invariant.pt') / 1e6:.2f} M parameters | "
              f"{size('invariant.pt')} |",
              f"| `model.pt` | DiffeoMappingNet, {parameters('model.pt') / 1e3:.1f} k parameters; the bundle's "

@@ -50,7 +50,7 @@ def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str
     if not samples:
         raise DataError(f"{data_dir}: no {split} images" + (f" of organ {organ}" if organ else ""))
     torch.set_flush_denormal(True)  # as the CLI (the inference config's initialize) and the app do
-    inferer, network = inference(ROOT / "models" / "bank.pt", device)
+    inferer, network = inference(ROOT / "models" / "archetype_bank.pt", device)
     inferer.setup()
     studies = Path(tempfile.mkdtemp(prefix="diffkillr_studies_"))
     try:

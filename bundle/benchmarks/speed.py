@@ -47,7 +47,7 @@ def run(data_dir, organ=None, split: str = "test", repeats: int = 3, device: str
     export_seconds = time.perf_counter() - start
     inferers, networks, setup_seconds = {}, {}, {}
     for kind in ("eager", "compiled", "exported"):
-        inferer, networks[kind] = inference(ROOT / "models" / "bank.pt", device,
+        inferer, networks[kind] = inference(ROOT / "models" / "archetype_bank.pt", device,
                                             exported=exported if kind == "exported" else None)
         inferer.compile = kind == "compiled"
         start = time.perf_counter()
