@@ -134,9 +134,9 @@ def _existing_file(path) -> pathlib.Path:
 def _read_with_itk(path: pathlib.Path) -> np.ndarray:
     """Pixels as stored (native dtype), rows first, channels last if any.
 
-    MONAI's ``ITKReader`` is used because ITK reads the LZW-compressed TIFFs of
-    MoNuSeg that tifffile (without imagecodecs) cannot. Two traps, both checked
-    by the tests:
+    MONAI's ``ITKReader`` reads what tifffile does not (PNG, JPEG, other formats;
+    a damaged TIFF, for which libtiff's message says what is wrong). Two traps,
+    both checked by the tests:
 
     * ``LoadImage`` (and ``ITKReader`` with its default ``reverse_indexing=False``)
       returns 2-D images with the spatial axes swapped, x first; only

@@ -27,6 +27,24 @@ from .data import list_dataset, read_image
 from .patches import crop_patches
 
 
+# A bright-field pixel is blank (glass, not tissue) when it is bright and grey. On the 13 MoNuSeg train tiles this calls
+# 0.1 % of nucleus pixels blank on average (0.7 % in the worst tile) and 6 % of all pixels (lumens, fat).
+BLANK_VALUE = 0.8  # brightest channel at least this
+BLANK_SATURATION = 0.05  # brightest minus darkest channel at most this
+# an image with fewer tissue pixels than the smallest nucleus piece the student keeps (student.MIN_PIECE) holds none
+MIN_TISSUE_PIXELS = 30
+
+
+def holds_tissue(image: torch.Tensor) -> bool:
+    """Whether an image (C, H, W) in [0, 1] has any tissue: at least ``MIN_TISSUE_PIXELS`` pixels that are not blank
+    glass (bright and grey). A fluorescence image's dark background is not blank: only bright-field glass is
+    skipped. Read on every fourth pixel each way: a slide's empty regions cost next to nothing."""
+    sample = image[:, ::4, ::4]
+    brightest, darkest = sample.amax(0), sample.amin(0)
+    tissue = (brightest < BLANK_VALUE) | (brightest - darkest > BLANK_SATURATION)
+    return int(tissue.sum()) * 16 >= MIN_TISSUE_PIXELS
+
+
 def hematoxylin(image: torch.Tensor) -> np.ndarray:
     """Hematoxylin optical density (H, W) float32, rescaled to [0, 1], of an RGB image (3, H, W) in [0, 1]."""
     if image.shape[0] != 3:

@@ -39,7 +39,7 @@ from monai.inferers import Inferer
 from .bank import load_bank, whole_archetypes
 from .checkpoint import load_weights
 from .data import OPAQUE_KEY, DataError
-from .detect import nucleus_proposals, piece_centroids
+from .detect import holds_tissue, nucleus_proposals, piece_centroids
 from .fields import compose, jacobian_determinant
 from .match import nearest_archetype
 from .patches import PATCH_SIZE, centre_crop, crop_patches, orientation_ramp
@@ -313,7 +313,10 @@ class ArchetypeInferer(Inferer):
         seconds = {}
         t = time.perf_counter()
         if self.student is not None:
-            foreground, centre = student_maps(self.student, image)
+            if holds_tissue(image):
+                foreground, centre = student_maps(self.student, image)
+            else:  # blank glass: no nucleus to find, and the student's pass is most of an empty region's cost
+                foreground = centre = np.zeros((h, w), np.float32)
             instances = student_instances(foreground, centre)
             if centres is None:
                 centres = piece_centroids(instances)

@@ -22,6 +22,7 @@ from bundle.networks import DiffeoInvariantNet, DiffeoMappingNet
 from bundle.patches import cell_centroids
 from bundle.selftrain import best_overlap
 from bundle.stitch import CELLS_KEY
+from bundle.student import student_maps
 from bundle.workflow import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -378,3 +379,38 @@ def test_a_bank_of_one_archetype_is_flagged_by_name_before_the_first_image(tmp_p
     assert out.index("only 1 archetype") < out.index(f"{SAMPLE_ID}:")  # said when the bank is read
     assert (tmp_path / "out" / f"{SAMPLE_ID}_labels.tif").is_file()  # flagged, not refused
 
+
+
+def test_blank_glass_holds_no_tissue_but_one_nucleus_or_a_dark_background_does():
+    from bundle.detect import holds_tissue
+
+    glass = torch.full((3, 400, 400), 0.93)
+    glass[1] -= 0.02  # a faint tint, as real glass has
+    assert not holds_tissue(glass)
+    one = glass.clone()
+    one[:, 200:212, 200:212] = torch.tensor([0.35, 0.2, 0.55])[:, None, None]  # one small nucleus
+    assert holds_tissue(one)
+    assert holds_tissue(torch.zeros(1, 400, 400))  # fluorescence: a dark background is not glass
+    image, _ = load_sample(list_dataset(SAMPLE)[0])
+    assert holds_tissue(image)
+
+
+def test_regions_of_blank_glass_cost_no_student_pass_and_change_no_cell(monkeypatch):
+    # the sample on a slide of glass: only the regions that hold it are read by the student
+    import bundle.inferer as inferer_module
+
+    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    inferer = parser.get_parsed_content("inferer")
+    network = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt")
+    image, _ = load_sample(list_dataset(SAMPLE)[0])
+    slide = torch.full((3, 1024, 1024), 0.93)
+    slide[:, 384:640, 384:640] = image
+    monkeypatch.setattr(inferer_module, "TILE", 256)
+    passes = []
+    monkeypatch.setattr(inferer_module, "student_maps", lambda *a: passes.append(1) or student_maps(*a))
+    skipping = inferer.annotate(slide, network)
+    assert 0 < len(passes) < len(inferer_module.region_grid((1024, 1024))) - 4
+    monkeypatch.setattr(inferer_module, "holds_tissue", lambda image: True)  # every region read by the student
+    reading_all = inferer.annotate(slide, network)
+    assert skipping.labels.max() > 20 and np.array_equal(skipping.labels, reading_all.labels)

@@ -61,7 +61,7 @@ def test_a_tiff_above_slide_pixels_is_a_slide_and_the_evaluator_never_reads_it(m
     assert [Path(d["image"]).name for d in image_datalist(mosaic_folder)] == ["tile.tif"]
 
 
-@pytest.mark.parametrize("layout", ["tiled", "striped", "planar", "16 bit", "pyramid"])
+@pytest.mark.parametrize("layout", ["tiled", "striped", "planar", "16 bit", "pyramid", "JPEG tiles", "LZW"])
 def test_a_region_of_a_slide_reads_as_the_same_region_of_the_whole_image(tmp_path, layout):
     pixels = sample_mosaic()
     path = tmp_path / "slide.tif"
@@ -73,6 +73,10 @@ def test_a_region_of_a_slide_reads_as_the_same_region_of_the_whole_image(tmp_pat
         tifffile.imwrite(path, np.moveaxis(pixels, -1, 0), photometric="rgb", planarconfig="separate")
     elif layout == "16 bit":
         tifffile.imwrite(path, pixels.astype(np.uint16) * 257, photometric="rgb", tile=(64, 64))
+    elif layout == "JPEG tiles":  # as SVS files and most scanners store them (decoded by imagecodecs)
+        tifffile.imwrite(path, pixels, photometric="rgb", tile=(64, 64), compression="jpeg")
+    elif layout == "LZW":  # as the MoNuSeg tiles are stored
+        tifffile.imwrite(path, pixels, photometric="rgb", tile=(64, 64), compression="lzw")
     else:  # full resolution with a half-resolution level, as slide scanners write them
         with tifffile.TiffWriter(path) as tif:
             tif.write(pixels, photometric="rgb", tile=(64, 64), subifds=1)
