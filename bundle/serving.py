@@ -297,6 +297,10 @@ class LearnFromCorrections(TrainTask):
 
     def __call__(self, request: dict, datastore) -> dict:
         start = time.perf_counter()
+        tune = str(request.get("fine_tune", False)).lower() in ("true", "1", "yes")  # JSON true, or a form's text
+        epochs = request.get("epochs", 2)
+        if tune and (isinstance(epochs, bool) or not str(epochs).isdigit() or int(epochs) < 1):
+            raise DataError(f"epochs: must be a whole number of epochs, at least 1; got {epochs!r}")
         shipped = load_bank(self.bundle_root / "models" / "archetype_bank.pt")
         corrections = corrected_cells(datastore)
         bank = grown_bank(shipped, corrections, self.studies)
@@ -304,10 +308,10 @@ class LearnFromCorrections(TrainTask):
         result = {"cells": len(bank["image_ids"]), "added": bank["meta"]["corrections"]["cells"],
                   "corrected_images": bank["meta"]["corrections"]["images"],
                   "seconds": round(time.perf_counter() - start, 3)}
-        if request.get("fine_tune"):
+        if tune:
             users = concatenate([c for c in corrections if len(c["cell_ids"])]) if corrections else {}
-            result["fine_tuned"] = fine_tune(self.bundle_root, self.studies, users, shipped,
-                                             request.get("epochs", 2), self.device)
+            result["fine_tuned"] = fine_tune(self.bundle_root, self.studies, users, shipped, int(epochs),
+                                             self.device)
             result["seconds"] = round(time.perf_counter() - start, 3)
         with written_atomically(self.bank_path.with_suffix(".json")) as (tmp,):
             Path(tmp).write_text(json.dumps(result))

@@ -109,9 +109,10 @@ def _csv_rows(path: Path) -> int:
 
 def outputs_complete(output_dir, image) -> bool:
     """Whether ``image`` (a path) already has all its outputs in ``output_dir``, each whole and agreeing with the
-    others: as many CSV rows as GeoJSON features and, for an image (not a slide), as the label map's largest label.
-    A run killed while publishing an image's files leaves some of them new and some missing: that image is not
-    complete."""
+    others: for an image, as many CSV rows as GeoJSON features and as the label map's largest label; for a slide, no
+    more features than rows (a slide's cell whose pixels all went to an earlier region keeps its row but has no
+    outline). A run killed while publishing an image's files leaves some of them new and some missing: that image is
+    not complete."""
     image_id = image_id_of(str(image))
     names = slide_output_names(image_id) if is_slide(image) else output_names(image_id)
     paths = {key: Path(output_dir) / name for key, name in names.items()}
@@ -122,7 +123,7 @@ def outputs_complete(output_dir, image) -> bool:
         features = len(json.loads(paths["geojson"].read_text())["features"])
         if "overlay" in paths:
             return features == rows == int(tifffile.imread(paths["labels"]).max(initial=0))
-        return features == rows
+        return features <= rows
     except (OSError, ValueError, KeyError, TypeError):  # unreadable, or not what the bundle writes
         return False
 

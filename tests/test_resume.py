@@ -65,3 +65,24 @@ def test_a_run_killed_at_random_moments_leaves_only_whole_files_and_resume_finis
     assert result["final_returncode"] == 0, result["final_stderr"]
     assert result["differs_from_reference"] == []
     assert result["hidden_left"] == []
+
+
+def test_resume_skips_a_slide_whose_three_outputs_are_all_there(tmp_path):
+    import json
+
+    import tifffile
+
+    from bundle.slide import slide_output_names
+
+    slide = tmp_path / "big.tif"  # above data.SLIDE_PIXELS: a slide; zeros compress to almost nothing
+    tifffile.imwrite(slide, np.zeros((4200, 4200, 3), np.uint8), photometric="rgb", tile=(512, 512),
+                     compression="zlib")
+    out = tmp_path / "out"
+    out.mkdir()
+    names = slide_output_names("big")
+    assert not outputs_complete(out, slide)
+    tifffile.imwrite(out / names["labels"], np.zeros((8, 8), np.uint16))
+    (out / names["geojson"]).write_text(json.dumps({"type": "FeatureCollection", "features": [{}]}))
+    (out / names["csv"]).write_text("id,area\n1,30\n2,0\n")  # cell 2 lost its pixels to an earlier region
+    assert outputs_complete(out, slide)
+    assert still_to_annotate([str(slide)], out, resume=True) == []

@@ -219,9 +219,14 @@ def test_asked_to_fine_tune_train_makes_new_weights_from_the_corrections_and_the
     assert after["count"] > 0
 
 
-def test_fine_tuning_without_a_corrected_cell_is_one_line(tmp_path):
+def test_fine_tuning_without_a_corrected_cell_or_with_a_bad_number_of_epochs_is_one_line(tmp_path):
     from bundle.data import DataError
-    from bundle.serving import fine_tune
+    from bundle.serving import LearnFromCorrections, fine_tune
 
     with pytest.raises(DataError, match="no corrected cell to fine-tune on"):
         fine_tune(ROOT, tmp_path, {}, torch.load(ROOT / "models" / "archetype_bank.pt", weights_only=True), epochs=1)
+    train = LearnFromCorrections(ROOT, tmp_path / "bank.pt", tmp_path)
+    for epochs in ("two", 0, -1, True):  # refused before the bank is touched (no datastore is even read)
+        with pytest.raises(DataError, match="epochs: must be a whole number"):
+            train({"fine_tune": True, "epochs": epochs}, datastore=None)
+    assert not (tmp_path / "bank.pt").exists()
