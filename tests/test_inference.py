@@ -49,6 +49,14 @@ def sample_outputs(tmp_path_factory):
     return out
 
 
+def shipped_workflow():
+    """The inference config's inferer and DiffeoMappingNet with the shipped weights, on the CPU, to call directly."""
+    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
+    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
+    return parser.get_parsed_content("inferer"), load_weights(parser.get_parsed_content("network_def"),
+                                                              ROOT / "models" / "model.pt")
+
+
 def read_labels(out: Path, image_id: str = SAMPLE_ID) -> np.ndarray:
     return tifffile.imread(out / f"{image_id}_labels.tif").astype(np.int32)
 
@@ -347,10 +355,7 @@ def test_a_large_image_annotated_region_by_region_gives_every_nucleus_as_one_reg
     # the sample as a 2 x 2 mosaic, with regions shrunk so that 16 of them and their seams cross it
     import bundle.inferer as inferer_module
 
-    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
-    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
-    inferer = parser.get_parsed_content("inferer")
-    network = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt")
+    inferer, network = shipped_workflow()
     image, _ = load_sample(list_dataset(SAMPLE)[0])
     mosaic = torch.cat([torch.cat([image, image.flip(2)], 2)] * 2, 1)
     whole = inferer.annotate(mosaic, network)
@@ -399,10 +404,7 @@ def test_regions_of_blank_glass_cost_no_student_pass_and_change_no_cell(monkeypa
     # the sample on a slide of glass: only the regions that hold it are read by the student
     import bundle.inferer as inferer_module
 
-    parser = ConfigParser(ConfigParser.load_config_file(str(CONFIG)))
-    parser.update({"bundle_root": str(ROOT), "device": "$torch.device('cpu')"})
-    inferer = parser.get_parsed_content("inferer")
-    network = load_weights(parser.get_parsed_content("network_def"), ROOT / "models" / "model.pt")
+    inferer, network = shipped_workflow()
     image, _ = load_sample(list_dataset(SAMPLE)[0])
     slide = torch.full((3, 1024, 1024), 0.93)
     slide[:, 384:640, 384:640] = image
