@@ -60,9 +60,9 @@ def _only_tensors(path: Path) -> None:
                     torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
                 except Exception as err:
                     raise DataError(f"{path}: refused, its {name} holds not only tensors ({in_one_line(err)})") from err
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as err:
-        if isinstance(err, DataError):
-            raise
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as err:  # not an archive torch.export wrote
         raise DataError(f"{path}: not a readable exported network ({in_one_line(err)})") from err
 
 

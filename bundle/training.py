@@ -215,9 +215,10 @@ class ResumableCheckpoint:
                 raise DataError(f"{latest}: this run folder holds training on another bank than {self.bank.path}; "
                                 "give a new --ckpt_dir, or --resume False to start over here")
             logger.info("resuming from %s", latest)
-            # checkpoints older than the bank fingerprint or the random states resume without them
-            load_dict = {k: v for k, v in save_dict.items()
-                         if k not in ("bank", "random") or (k in stored and not (k == "random" and self.rank))}
+            # checkpoints older than the bank fingerprint or the random states resume without them, and the random
+            # state saved is rank 0's, not another rank's
+            skipped = {k for k in ("bank", "random") if k not in stored} | ({"random"} if self.rank else set())
+            load_dict = {k: v for k, v in save_dict.items() if k not in skipped}
             CheckpointLoader(load_path=str(latest), load_dict=load_dict, map_location="cpu").attach(engine)
         if self.rank == 0:
             CheckpointSaver(save_dir=str(self.ckpt_dir), save_dict=save_dict, save_interval=1, n_saved=1,

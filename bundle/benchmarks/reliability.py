@@ -40,13 +40,11 @@ from .protocol import ROOT, machine
 SAMPLE = ROOT / "docs" / "sample"
 
 
-def sample_variants(folder: Path, n: int = 8, crop: tuple[int, int] | None = None) -> list[str]:
+def sample_variants(folder: Path, n: int = 8) -> list[str]:
     """``n`` (at most 8) images in ``folder``: the embedded sample under the dihedral group (turned, mirrored), each a
-    different image to annotate; optionally cropped to ``crop`` (rows, cols) first. Returns their ids."""
+    different image to annotate. Returns their ids."""
     image, _ = load_sample(list_dataset(SAMPLE)[0])
     rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    if crop is not None:
-        rgb = rgb[: crop[0], : crop[1]]
     folder.mkdir(parents=True, exist_ok=True)
     ids = []
     for k in range(min(n, 8)):
