@@ -13,7 +13,8 @@ key                type, shape                 meaning
 ``cell_ids``       int64 (N,)                  the cell's instance id in its source label map
 ``image_ids``      list[str] (N)               source image of each cell
 ``organs``         list[str] (N)               organ of the source image ("" when unknown)
-``meta``           dict                        fraction, seed, crop size, candidate counts, source folder, and
+``meta``           dict                        fraction, seed, crop size, candidate counts, source folder,
+                                               ``pixel_size_um`` (the images' pixel side, or None) and
                                                ``proposals``: the detector parameters calibrated on the bank
                                                (``proposals_grid``: every point tried, [params, share, proposals])
 =================  ==========================  ==================================================================
@@ -32,7 +33,7 @@ from skimage.measure import label, regionprops
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint
-from .data import DataError, list_dataset, load_sample, written_atomically
+from .data import DataError, list_dataset, load_sample, pixel_size_um, written_atomically
 from .detect import calibrate_proposals
 from .patches import CROP_SIZE, cell_centroids, crop_cell_masks, crop_patches, principal_angle
 
@@ -76,11 +77,18 @@ def build_bank(
     per_organ: bool = False,
     split: str = "train",
     crop_size: int = CROP_SIZE,
+    pixel_size: float | None = None,
     progress: bool = True,
 ) -> dict:
     """Draw the bank from the ``split`` images of a dataset folder (see ``data.list_dataset``), and calibrate the
-    detector's stain proposals on the drawn cells (``detect.calibrate_proposals``; stored in ``meta["proposals"]``)."""
+    detector's stain proposals on the drawn cells (``detect.calibrate_proposals``; stored in ``meta["proposals"]``).
+
+    ``pixel_size``: the images' pixel side in micrometres, when their files state none (``data.pixel_size_um``);
+    stored as ``meta["pixel_size_um"]``, the scale slides are read at (``bundle.slide``)."""
     samples = list_dataset(dataset_dir, split=split, organ=organ)
+    if pixel_size is None:
+        stated = [s for s in (pixel_size_um(sample.image_path) for sample in samples) if s is not None]
+        pixel_size = float(np.median(stated)) if stated else None
     per_image = []
     for sample in tqdm(samples, desc="reading cells", disable=not progress, unit="image"):
         image, labels = load_sample(sample)
@@ -105,6 +113,7 @@ def build_bank(
         "n_candidates": int(n_candidates),
         "n_images": len(samples),
         "source": Path(dataset_dir).name,
+        "pixel_size_um": None if pixel_size is None else float(pixel_size),
     }
     calibration = calibrate_proposals(bank, dataset_dir, progress=progress)
     bank["meta"]["proposals"] = calibration["params"]

@@ -78,7 +78,9 @@ __all__ = [
 
 # metadata key of an image (MetaTensor) that has transparent pixels: where it is opaque, bool (H, W)
 OPAQUE_KEY = "opaque"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# Aperio SVS is a tiled TIFF pyramid (read as a slide)
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg", ".jpeg")
 # A TIFF above this many pixels (4096 x 4096) is a slide (``is_slide``, ``bundle.slide``): read region by region, never
 # whole. Below it, the image and its label map held in memory stay under about 3 GB (2 CPU cores; model card, "Large
 # images"), and the user also gets the overlay picture.
@@ -174,7 +176,7 @@ def _read_with_tifffile(path: pathlib.Path) -> np.ndarray | None:
     stack of pages, which ITK reads as one image of the wrong shape. Only one image per file is read: a stack of pages
     is refused, not guessed at.
     """
-    if _suffix(path) not in (".tif", ".tiff"):
+    if _suffix(path) not in TIFF_SUFFIXES:
         return None
     import tifffile
 
@@ -288,22 +290,46 @@ def _read_array(path) -> np.ndarray:
 PLAUSIBLE_PIXEL_UM = (0.05, 10.0)
 
 
+# micrometres per unit of OME's PhysicalSizeXUnit
+_OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def _stated_pixel_size(tif) -> float | None:
+    """The full-resolution pixel size (um) an open ``tifffile.TiffFile`` states, or None."""
+    import tifffile
+
+    if tif.is_ome:
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
+        if "PhysicalSizeX" in pixels:
+            return float(pixels["PhysicalSizeX"]) * _OME_UNIT_UM.get(pixels.get("PhysicalSizeXUnit", "µm"), float("nan"))
+    if tif.is_svs:
+        from tifffile.tifffile import svs_description_metadata
+
+        mpp = svs_description_metadata(tif.pages[0].description).get("MPP")
+        if mpp:
+            return float(mpp)
+    tags = tif.pages[0].tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        numerator, denominator = tags["XResolution"].value
+        per_unit = numerator / denominator if denominator else 0
+        unit_um = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))  # inch, centimetre
+        return unit_um / per_unit if unit_um and per_unit > 0 else None
+    return None
+
+
 def pixel_size_um(path) -> float | None:
-    """The pixel size in micrometres an image file states (TIFF resolution tags, PNG pHYs), or None when it states
-    none, or one no microscope gives (``PLAUSIBLE_PIXEL_UM``). Square pixels are assumed: the x resolution is read."""
+    """The pixel size in micrometres an image file states at full resolution, or None when it states none, or one no
+    microscope gives (``PLAUSIBLE_PIXEL_UM``). Read, first found first: an OME-TIFF's ``PhysicalSizeX``, an Aperio
+    SVS description's ``MPP``, TIFF resolution tags, PNG pHYs. Square pixels are assumed: the x size is read."""
     path = pathlib.Path(path)
     size = None
     try:
-        if _suffix(path) in (".tif", ".tiff"):
+        if _suffix(path) in TIFF_SUFFIXES:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                tags = tif.pages[0].tags
-                if "XResolution" in tags and "ResolutionUnit" in tags:
-                    numerator, denominator = tags["XResolution"].value
-                    per_unit = numerator / denominator if denominator else 0
-                    unit_um = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value))  # inch, centimetre
-                    size = unit_um / per_unit if unit_um and per_unit > 0 else None
+                size = _stated_pixel_size(tif)
         else:
             from PIL import Image
 
@@ -675,7 +701,7 @@ def level_zero(tif):
 
 def tiff_shape(path) -> tuple[int, int] | None:
     """(H, W) of a TIFF's first series at level 0, read from its header; None for a file that is not a TIFF."""
-    if _suffix(pathlib.Path(path)) not in (".tif", ".tiff"):
+    if _suffix(pathlib.Path(path)) not in TIFF_SUFFIXES:
         return None
     import tifffile
 

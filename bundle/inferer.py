@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,14 @@ from monai.inferers import Inferer
 
 from .bank import load_bank, whole_archetypes
 from .checkpoint import load_weights
-from .data import OPAQUE_KEY, DataError
+from .data import OPAQUE_KEY, DataError, pixel_size_um
 from .detect import holds_tissue, nucleus_proposals, piece_centroids
 from .fields import compose, jacobian_determinant
 from .match import nearest_archetype
 from .patches import PATCH_SIZE, centre_crop, crop_patches, orientation_ramp
 from .refine import STEPS, cell_evidence, dice, follow_image
 from .register import register, warp_labels
+from .scale import cells_at, labels_at, reading_plan, resample
 from .student import student_instances, student_maps
 from .stitch import (CELLS_KEY, Annotation, cell_geometry, cell_measurements, cell_table, cells_to_tensor, regions,
                      stitch)
@@ -110,6 +111,8 @@ class ArchetypeInferer(Inferer):
         compile: run the encoder through ``torch.compile`` (a one-off compilation per process, then faster matching;
             see the model card's speed table).
         refine: with a student, refine the warped shapes against its foreground (False: the benchmark's ablation).
+        pixel_size: the images' pixel side (um); None: each image file's own (``data.pixel_size_um``). An image whose
+            pixel size is known and not the bank's is annotated resampled to the bank's (``bundle.scale``).
 
     Files are read at the first call (or ``setup``), not at construction, so that a config can always be parsed and a
     bad file is reported by name where the work starts.
@@ -117,7 +120,7 @@ class ArchetypeInferer(Inferer):
 
     def __init__(self, bank, invariant: torch.nn.Module, invariant_path=None, student: torch.nn.Module | None = None,
                  student_path=None, min_similarity: float = 0.0, align: str | None = "mi", batch_size: int = 32,
-                 compile: bool = False, refine: bool = True):
+                 compile: bool = False, refine: bool = True, pixel_size: float | None = None):
         super().__init__()
         # settings are checked before any file is read or image annotated: a typo must not cost a whole run
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
@@ -128,7 +131,10 @@ class ArchetypeInferer(Inferer):
             raise DataError(f"min_similarity: must be a number between -1 and 1; got {min_similarity!r}") from None
         if not -1.0 <= min_similarity <= 1.0:  # a cosine similarity: above 1 no detection could be a cell
             raise DataError(f"min_similarity: must be between -1 and 1 (-1 keeps every detection); got {min_similarity}")
-        self.refine = refine
+        if pixel_size is not None and (isinstance(pixel_size, bool) or not isinstance(pixel_size, numbers.Real)
+                                       or not pixel_size > 0):
+            raise DataError(f"pixel_size: must be the pixel's side in micrometres, a number above 0; got {pixel_size!r}")
+        self.refine, self.pixel_size = refine, pixel_size
         self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
         self.student, self.student_path = student, student_path
         self.min_similarity, self.align, self.batch_size, self.compile = min_similarity, align, batch_size, compile
@@ -137,6 +143,7 @@ class ArchetypeInferer(Inferer):
         self.encoder = None
         self.bank_embeddings = None
         self.proposal_params = None
+        self.bank_pixel_size = None
 
     def setup(self) -> None:
         """Once per inferer: read the bank and the encoder's weights, prepare the encoder, embed the archetypes."""
@@ -164,6 +171,8 @@ class ArchetypeInferer(Inferer):
                            "ramp": orientation_ramp(masks)}
         # calibrated on this bank's cells when it was built (``detect.calibrate_proposals``); older banks: defaults
         self.proposal_params = bank.get("meta", {}).get("proposals")
+        # the pixel side (um) of the images the archetypes were cut from: slides are read at it (``bundle.slide``)
+        self.bank_pixel_size = bank.get("meta", {}).get("pixel_size_um")
         self.bank_embeddings = self.embed(self.archetypes["image"])
 
     def with_student(self, student: torch.nn.Module | None, refine: bool = True) -> "ArchetypeInferer":
@@ -225,6 +234,19 @@ class ArchetypeInferer(Inferer):
         found["seconds"]["stitch"] = time.perf_counter() - t
         return Annotation(stitched.labels, cells, found["seconds"], n_proposals=len(found["proposals"]),
                           n_duplicates=len(stitched.duplicates))
+
+    def annotate_zoomed(self, image: torch.Tensor, network: torch.nn.Module, zoom: float,
+                        opaque: np.ndarray | None = None) -> Annotation:
+        """``annotate`` of an image (C, H, W) resampled by ``zoom`` to the bank's pixel size (``scale.resample``),
+        its label map and cell table brought back to the image's own pixels."""
+        h, w = image.shape[1:]
+        size = (round(h * zoom), round(w * zoom))
+        zoomed = resample(lambda rows, cols: image[:, rows, cols], (h, w), zoom, slice(0, size[0]), slice(0, size[1]))
+        if opaque is not None:
+            opaque = labels_at(opaque, np.arange(size[0]), np.arange(size[1]), zoom)
+        annotation = self.annotate(zoomed, network, opaque=opaque)
+        return replace(annotation, labels=labels_at(annotation.labels, np.arange(h), np.arange(w), 1 / zoom),
+                       cells=cells_at(annotation.cells, 1 / zoom))
 
     def annotate_regions(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
                          opaque: np.ndarray | None = None) -> Annotation:
@@ -365,13 +387,19 @@ class ArchetypeInferer(Inferer):
         opaque = getattr(inputs, "meta", {}).get(OPAQUE_KEY)
         if opaque is not None:  # collated into a batch of one
             opaque = torch.as_tensor(opaque).reshape(image.shape[1:]).numpy()
+        source = getattr(inputs, "meta", {}).get("filename_or_obj")
+        source = source[0] if isinstance(source, (list, tuple)) else source
+        size = self.pixel_size
+        if size is None and source is not None and Path(str(source)).is_file():
+            size = pixel_size_um(source)
+        self.setup()
+        _, zoom = reading_plan([tuple(image.shape[1:])], size, self.bank_pixel_size)
         try:
-            annotation = self.annotate(image, network, opaque=opaque)
+            annotation = (self.annotate(image, network, opaque=opaque) if zoom == 1
+                          else self.annotate_zoomed(image, network, zoom, opaque))
         except DataError as err:  # say which image: the reader's metadata knows its file
-            source = getattr(inputs, "meta", {}).get("filename_or_obj")
             if source is None:
                 raise
-            source = source[0] if isinstance(source, (list, tuple)) else source
             raise DataError(f"{source}: {err}") from err
         labels = MetaTensor(torch.from_numpy(annotation.labels)[None, None],
                             meta={CELLS_KEY: cells_to_tensor(annotation.cells)[None]})

@@ -5,8 +5,10 @@ The inference config takes a folder; a TIFF in it with more than ``data.SLIDE_PI
 Slides skip the evaluator's in-memory path (``data.image_datalist`` leaves them out) and are annotated here by the
 config's ``slides`` step, with the same inferer and networks:
 
-* **read lazily**: tifffile's zarr view of the first series' level 0 decodes only the tiles or strips a region needs
-  (``LazyImage``);
+* **read lazily, at the bank's scale**: tifffile's zarr view of the first series decodes only the tiles or strips a
+  region needs (``LazyImage``), from the pyramid level that matches the bank's pixel size, resampled when none is
+  within ``scale.SAME_SCALE`` of it (``scale.reading_plan``; the slide's pixel size is the file's own or the config's
+  ``pixel_size``);
 * **annotated** by ``ArchetypeInferer.regions_annotated``, its label map a chunked zarr array on disk;
 * **written as it goes**, in level-0 pixel coordinates: the GeoJSON and the CSV grow region by region, and a progress
   record names the finished regions, so a run that was killed continues from them (``annotate_slide``);
@@ -34,6 +36,7 @@ import torch
 from .data import DataError, image_id_of, is_slide, level_zero, list_dataset, pixel_size_um, written_atomically
 from .inferer import region_grid
 from .match import unlike_the_bank, UNLIKE_THE_BANK
+from .scale import cells_at, labels_at, reading_plan, resample
 from .outputs import cell_geometries, csv_header, csv_rows, geojson_feature, output_names
 from .stitch import CELL_COLUMNS
 
@@ -52,21 +55,26 @@ def slide_paths(root) -> list[str]:
 
 
 class LazyImage:
-    """A TIFF's level 0, read region by region: ``image[:, rows, cols]`` is a (C, h, w) float32 tensor in [0, 1], scaled
-    as ``data.read_image`` scales (integers by their type's maximum; float pixels must lie in [0, 1]); ``shape`` is
-    (C, H, W). Only the tiles or strips under the region are decoded. An alpha channel is dropped. Use it as a context
-    manager: the file stays open while regions are read."""
+    """A TIFF read region by region at the bank's scale: ``image[:, rows, cols]`` is a (C, h, w) float32 tensor in
+    [0, 1], scaled as ``data.read_image`` scales (integers by their type's maximum; float pixels must lie in [0, 1]);
+    ``shape`` is (C, H, W). Only the tiles or strips under the region are decoded. An alpha channel is dropped. Use it
+    as a context manager: the file stays open while regions are read.
+
+    With both pixel sizes known (``pixel_size``: level 0's, ``bank_pixel_size``: the bank's), the level and zoom come
+    from ``reading_plan``, and a zoomed region is resampled from the level (bilinear, after a Gaussian blur when
+    reducing): every pixel from the level's pixels around it, so a region reads as the same region of the whole image
+    resampled. ``to_level_zero``: level-0 pixels per pixel read; ``pixel_size``: the side of a pixel read (um)."""
 
     ndim = 3
 
-    def __init__(self, path):
+    def __init__(self, path, pixel_size: float | None = None, bank_pixel_size: float | None = None):
         import zarr
 
         self.path = Path(path)
         try:
             self._tif = tifffile.TiffFile(self.path)
             level, axes = level_zero(self._tif)
-            self._array = zarr.open(self._tif.series[0].aszarr(level=0), mode="r")
+            levels = self._tif.series[0].levels
         except Exception as err:
             raise DataError(f"{self.path}: cannot be read as a tiled or striped TIFF ({err})") from err
         if axes not in ("YX", "YXS", "SYX", "CYX"):
@@ -79,8 +87,15 @@ class LazyImage:
             self.close()
             raise DataError(f"{self.path}: has {channels} channels; slides are read as grey or RGB")
         self._channels = 3 if channels in (3, 4) else 1  # alpha (grey+alpha, RGBA) holds no stain
-        h, w = level.shape[1:3] if self._planar else level.shape[:2]
+        shapes = [tuple(lv.shape[1:3] if self._planar else lv.shape[:2]) for lv in levels]
+        self.level, self.zoom = reading_plan(shapes, pixel_size, bank_pixel_size)
+        self._level_shape = shapes[self.level]
+        self._array = zarr.open(self._tif.series[0].aszarr(level=self.level), mode="r")
+        h, w = (round(n * self.zoom) for n in self._level_shape)
         self.shape = (self._channels, int(h), int(w))
+        self.level_zero_shape = shapes[0]
+        self.to_level_zero = shapes[0][1] / self._level_shape[1] / self.zoom
+        self.pixel_size = None if pixel_size is None else pixel_size * self.to_level_zero
         self.dtype = np.dtype(level.dtype)
         if self.dtype == bool:
             self.close()
@@ -88,6 +103,10 @@ class LazyImage:
 
     def __getitem__(self, key) -> torch.Tensor:
         _, rows, cols = key
+        return self._read(rows, cols) if self.zoom == 1 else resample(self._read, self._level_shape, self.zoom, rows, cols)
+
+    def _read(self, rows: slice, cols: slice) -> torch.Tensor:
+        """The level's pixels (C, h, w) under ``rows`` x ``cols``."""
         if self._planar:
             block = np.moveaxis(np.asarray(self._array[: self._channels, rows, cols]), 0, -1)
         elif len(self._array.shape) == 2:
@@ -121,22 +140,30 @@ def slide_output_names(image_id: str) -> dict[str, str]:
     return {"labels": f"{image_id}_labels.ome.tif", "geojson": names["geojson"], "csv": names["csv"]}
 
 
-def _tiles(labels, step: int, shape: tuple[int, int], tile: int):
-    """The tiles of ``labels`` downsampled by ``step`` (nearest: a label is never blended), row by row, each padded to
-    ``tile`` x ``tile`` as TIFF tiles are."""
+def _tiles(labels, step: int, shape: tuple[int, int], tile: int, scale: float):
+    """The tiles of a pyramid level ``shape`` (H, W), ``step`` level-0 pixels a side each, row by row, each padded
+    to ``tile`` x ``tile`` as TIFF tiles are; every pixel is the label (nearest, never a blend of two) under its
+    level-0 pixel, ``scale`` level-0 pixels a side per pixel of ``labels``."""
     for top in range(0, shape[0], tile):
         for left in range(0, shape[1], tile):
-            block = np.asarray(labels[top * step : (top + tile) * step : step, left * step : (left + tile) * step : step])
+            if scale == 1:
+                block = np.asarray(labels[top * step : (top + tile) * step : step,
+                                          left * step : (left + tile) * step : step])
+            else:
+                block = labels_at(labels, np.arange(top, min(top + tile, shape[0])) * step,
+                                  np.arange(left, min(left + tile, shape[1])) * step, scale)
             out = np.zeros((tile, tile), np.uint32)
             out[: block.shape[0], : block.shape[1]] = block
             yield out
 
 
-def write_label_pyramid(labels, path, pixel_size: float | None = None, tile: int = PYRAMID_TILE) -> None:
-    """Write a label map (H, W) (an array or a zarr array on disk) as a tiled OME-TIFF pyramid, uint32, zlib: level 0
-    and halvings down to under two tiles a side, as sub-resolutions of level 0 (what QuPath and napari read). Tile by
-    tile, so memory follows the tile, not the map."""
-    h, w = labels.shape
+def write_label_pyramid(labels, path, pixel_size: float | None = None, tile: int = PYRAMID_TILE,
+                        shape: tuple[int, int] | None = None, scale: float = 1.0) -> None:
+    """Write a label map (an array or a zarr array on disk) as a tiled OME-TIFF pyramid, uint32, zlib: level 0 of
+    ``shape`` (H, W) (the map's own by default) and halvings down to under two tiles a side, as sub-resolutions of level
+    0 (what QuPath and napari read). ``scale``: level-0 pixels a side per pixel of ``labels`` (a slide read at another
+    scale); ``pixel_size``: level 0's (um). Tile by tile, so memory follows the tile, not the map."""
+    h, w = labels.shape if shape is None else shape
     levels = 1
     while max(h, w) // 2 ** levels >= 2 * tile:
         levels += 1
@@ -147,11 +174,24 @@ def write_label_pyramid(labels, path, pixel_size: float | None = None, tile: int
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for level in range(levels):
             step = 2 ** level
-            shape = (-(-h // step), -(-w // step))
+            level_shape = (-(-h // step), -(-w // step))
             if pixel_size is not None:
                 resolution["resolution"] = (1e4 / (pixel_size * step), 1e4 / (pixel_size * step))
             first = {"subifds": levels - 1, "metadata": metadata} if level == 0 else {"subfiletype": 1}
-            tif.write(_tiles(labels, step, shape, tile), shape=shape, **first, **resolution, **options)
+            tif.write(_tiles(labels, step, level_shape, tile, scale), shape=level_shape, **first, **resolution,
+                      **options)
+
+
+def _geometry(geometry: dict, scale: float) -> dict:
+    """A cell's GeoJSON geometry (``outputs.cell_geometries``, in the pixels read) in level-0 pixels."""
+    return geometry if scale == 1 else {**geometry, "coordinates": _scaled(geometry["coordinates"], scale)}
+
+
+def _scaled(coordinates, scale: float):
+    """GeoJSON coordinates (nested lists of [x, y]) times ``scale``: QuPath's pixel-edge grid scales as it is."""
+    if isinstance(coordinates[0], (int, float)):
+        return [coordinates[0] * scale, coordinates[1] * scale]
+    return [_scaled(part, scale) for part in coordinates]
 
 
 def _fingerprint(path) -> list:
@@ -159,11 +199,12 @@ def _fingerprint(path) -> list:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def _identity(path, inferer, grid: list, pixel_size: float | None) -> dict:
-    """What a finished region's results depend on: the image file, the grid, the pixel size, the bank and the weights.
-    A progress record with another identity is not continued."""
+def _identity(path, inferer, grid: list, pixel_size: float | None, image: LazyImage) -> dict:
+    """What a finished region's results depend on: the image file, the grid, the pixel size, the level and zoom read,
+    the bank and the weights. A progress record with another identity is not continued."""
     models = [inferer.bank, inferer.invariant_path, inferer.student_path]
     return {"image": _fingerprint(path), "grid": [len(grid), [list(box) for box in grid[0]]], "pixel_size": pixel_size,
+            "reading": [image.level, image.zoom],
             "models": [_fingerprint(m) for m in models if isinstance(m, (str, Path)) and Path(m).is_file()]}
 
 
@@ -197,11 +238,15 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
     size = pixel_size if pixel_size is not None else pixel_size_um(path)
     work = output_dir / f".{image_id}.slide-progress"
     finals = [output_dir / name for name in slide_output_names(image_id).values()]
-    with LazyImage(path) as image:
+    with LazyImage(path, size, inferer.bank_pixel_size) as image:
         inferer.check_image(image.shape)
         h, w = image.shape[1:]
+        if (image.level, image.zoom) != (0, 1.0):
+            print(f"{image_id}: read at the bank's pixel size, {inferer.bank_pixel_size:g} um (pyramid level "
+                  f"{image.level}" + ("" if image.zoom == 1 else f", resampled {image.zoom:.3g} x") + f"; the slide's "
+                  f"is {size:g} um); outputs in level-0 pixels")
         grid = region_grid((h, w))
-        identity = _identity(path, inferer, grid, size)
+        identity = _identity(path, inferer, grid, size, image)
         record = work / "progress.json"
         progress = json.loads(record.read_text()) if record.is_file() else None
         resumed = progress is not None and progress.get("identity") == identity
@@ -236,12 +281,14 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
                                                     n_cells=progress["cells"]):
                 annotated = time.perf_counter()
                 geometries = cell_geometries(region.labels, origin=(region.window[0], region.window[2]))
-                rows = [dict(zip(CELL_COLUMNS, row)) for row in zip(*(region.cells[k] for k in CELL_COLUMNS))]
-                features = [json.dumps(geojson_feature(cell, geometries[cell["id"]], image_id, size))
+                cells = cells_at(region.cells, image.to_level_zero)
+                rows = [dict(zip(CELL_COLUMNS, row)) for row in zip(*(cells[k] for k in CELL_COLUMNS))]
+                features = [json.dumps(geojson_feature(cell, _geometry(geometries[cell["id"]], image.to_level_zero),
+                                                       image_id, size))
                             for cell in rows if cell["id"] in geometries]
                 if features:
                     _appended(geojson, (",\n" if progress["features"] else "") + ",\n".join(features))
-                _appended(table, _csv_text(csv_rows(region.cells, size)))
+                _appended(table, _csv_text(csv_rows(cells, size)))
                 progress.update(regions=region.index + 1, cells=progress["cells"] + len(rows),
                                 features=progress["features"] + len(features), geojson_bytes=geojson.tell(),
                                 csv_bytes=table.tell(), seconds=progress["seconds"] + annotated - began,
@@ -250,7 +297,8 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
                 began = time.perf_counter()
             _appended(geojson, "\n]}\n")
         with written_atomically(*finals) as (pyramid, geojson_out, csv_out):
-            write_label_pyramid(labels, pyramid, size, tile=PYRAMID_TILE)
+            write_label_pyramid(labels, pyramid, size, tile=PYRAMID_TILE, shape=image.level_zero_shape,
+                                scale=image.to_level_zero)
             os.replace(work / "cells.geojson", geojson_out)
             os.replace(work / "cells.csv", csv_out)
     shutil.rmtree(work, ignore_errors=True)

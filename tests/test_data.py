@@ -605,6 +605,20 @@ def test_the_pixel_size_an_image_states_is_read_unless_it_is_no_microscopes(tmp_
     assert pixel_size_um(tmp_path / "b.png") is None
 
 
+def test_a_slide_states_its_pixel_size_in_ome_metadata_or_an_aperio_description(tmp_path):
+    import tifffile
+
+    from bundle.data import pixel_size_um
+
+    pixels = np.zeros((10, 10, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "a.ome.tif", pixels, photometric="rgb", ome=True,
+                     metadata={"PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm"})
+    assert pixel_size_um(tmp_path / "a.ome.tif") == pytest.approx(0.5)
+    aperio = "Aperio Image Library v12.0.15\r\n46000x32914 (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = 0.2520"
+    tifffile.imwrite(tmp_path / "scan.svs", pixels, photometric="rgb", description=aperio)
+    assert pixel_size_um(tmp_path / "scan.svs") == pytest.approx(0.252)
+
+
 def test_a_photo_with_an_exif_rotation_is_read_as_it_is_displayed(tmp_path):
     pixels = np.zeros((40, 60, 3), np.uint8)
     pixels[:10, :20] = 255

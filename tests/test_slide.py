@@ -88,6 +88,56 @@ def test_a_region_of_a_slide_reads_as_the_same_region_of_the_whole_image(tmp_pat
     assert torch.equal(region, whole[:, 70:203, 33:301])
 
 
+def half_scale_mosaic() -> np.ndarray:
+    """The sample mosaic at half its scale (a 20x scan of the 40x tissue), (H/2, W/2, 3) uint8."""
+    from skimage.transform import rescale
+
+    return (rescale(sample_mosaic(), 0.5, channel_axis=-1) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("zoom_um", [0.5, 0.15])
+def test_a_region_of_a_resampled_slide_reads_as_the_same_region_of_the_whole_slide_resampled(tmp_path, zoom_um):
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, sample_mosaic(), photometric="rgb", tile=(64, 64))
+    with slide.LazyImage(path, pixel_size=zoom_um, bank_pixel_size=0.25) as image:
+        assert image.zoom == pytest.approx(zoom_um / 0.25)
+        assert image.shape[1:] == (round(512 * image.zoom),) * 2 and image.to_level_zero == pytest.approx(1 / image.zoom)
+        whole = image[:, 0 : image.shape[1], 0 : image.shape[2]]
+        region = image[:, 70:203, 33:301]
+    # no seam where two regions meet (up to the float rounding of the sampling grid)
+    assert torch.allclose(region, whole[:, 70:203, 33:301], atol=1e-4)
+
+
+def test_a_20x_slide_gets_the_cells_of_the_40x_image_in_its_own_pixels(workflow, small_regions, tmp_path):
+    inferer, network = workflow
+    tifffile.imwrite(tmp_path / "40x.tif", sample_mosaic(), photometric="rgb", tile=(64, 64),
+                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "20x.tif", half_scale_mosaic(), photometric="rgb", tile=(64, 64),
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    inferer.setup()
+    assert inferer.bank_pixel_size == 0.25  # the shipped bank's MoNuSeg tiles: 40x
+    at_40x = slide.annotate_slide(inferer, network, tmp_path / "40x.tif", tmp_path / "out40")
+    at_20x = slide.annotate_slide(inferer, network, tmp_path / "20x.tif", tmp_path / "out20")
+    with pytest.MonkeyPatch.context() as patch:  # the 20x slide as it is: cells half the bank's size
+        patch.setattr(inferer, "bank_pixel_size", None)
+        as_it_is = slide.annotate_slide(inferer, network, tmp_path / "20x.tif", tmp_path / "as_it_is")
+    assert abs(at_20x["cells"] - at_40x["cells"]) <= 0.1 * at_40x["cells"] and as_it_is["cells"] < 0.75 * at_40x["cells"]
+
+    # in the 20x slide's own pixels: its label pyramid's level 0, the CSV's centroids, the GeoJSON's outlines
+    with tifffile.TiffFile(tmp_path / "out20" / "20x_labels.ome.tif") as tif:
+        labels = tif.series[0].levels[0].asarray()
+    assert labels.shape == (256, 256) and labels.max() == at_20x["cells"]
+    table = np.genfromtxt(tmp_path / "out20" / "20x_cells.csv", delimiter=",", names=True)
+    assert table["centroid_row"].max() < 256 and table["centroid_col"].max() < 256
+    outline = np.concatenate([np.array(f["geometry"]["coordinates"][0]) for f in
+                              json.loads((tmp_path / "out20" / "20x.geojson").read_text())["features"]
+                              if f["geometry"]["type"] == "Polygon"])
+    assert outline.min() >= 0 and outline.max() <= 256
+    assert table["area"].sum() == pytest.approx((labels > 0).sum(), rel=0.02)  # pixels of the 20x slide
+    big = np.genfromtxt(tmp_path / "out40" / "40x_cells.csv", delimiter=",", names=True)
+    assert table["area_um2"].mean() == pytest.approx(big["area_um2"].mean(), rel=0.1)
+
+
 def test_a_slide_that_is_not_an_image_is_one_line(tmp_path):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((5, 64, 64, 7), np.uint8))

@@ -466,10 +466,11 @@ def models_block(root: Path) -> str:
         unique = {id(t): t for t in state.values()}  # a module registered twice shares its tensors
         return sum(t.numel() for t in unique.values())
 
+    pixel = "" if meta.get("pixel_size_um") is None else f", {meta['pixel_size_um']} µm per pixel"
     lines = ["| file | what | size |", "|---|---|---|",
              f"| `archetype_bank.pt` | {len(bank['images'])} archetypes: seed {meta['seed']}, {meta['fraction']:.0%} of the "
              f"{meta['n_candidates']:,} annotated cells of the {meta['n_images']} {meta['split']} images of "
-             f"`{meta['source']}` ({composition}); {int(whole_archetypes(bank).sum())} are whole nuclei that serve as "
+             f"`{meta['source']}` ({composition}){pixel}; {int(whole_archetypes(bank).sum())} are whole nuclei that serve as "
              f"archetypes, all are ground truth for the student | {size('archetype_bank.pt')} |",
              f"| `invariant.pt` | DiffeoInvariantNet, {parameters('invariant.pt') / 1e6:.2f} M parameters | "
              f"{size('invariant.pt')} |",
