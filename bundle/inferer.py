@@ -50,7 +50,7 @@ from .student import student_instances, student_maps
 from .stitch import (CELLS_KEY, Annotation, cell_geometry, cell_measurements, cell_table, cells_to_tensor, regions,
                      stitch)
 
-__all__ = ["ArchetypeInferer", "RegionCells", "region_grid", "compiled", "TILE", "MARGIN"]
+__all__ = ["ArchetypeInferer", "FoundRegion", "RegionCells", "region_grid", "compiled", "TILE", "MARGIN"]
 
 # Images larger than one region (a TILE core plus its MARGIN each side) are annotated region by region
 # (``annotate_regions``), so that the networks' working memory follows the region, not the image. The margin holds a
@@ -86,6 +86,21 @@ class RegionCells:
     seconds: dict
     n_proposals: int
     n_duplicates: int
+
+@dataclass
+class FoundRegion:
+    """One region of a large image annotated and stitched on its own (``ArchetypeInferer.region_found``), before it
+    claims its pixels in the image's label map: ``labels`` (the window's size, int32) holds its own cells (those
+    centred in its core) numbered 1..n, ``measurements`` their columns of the cell table but the geometry."""
+
+    index: int
+    window: tuple[int, int, int, int]
+    labels: np.ndarray
+    measurements: dict
+    seconds: dict
+    n_proposals: int
+    n_duplicates: int
+
 
 def compiled(network: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` of a network for inference, with its weights frozen into the graph (inductor ``freezing``:
@@ -274,54 +289,70 @@ class ArchetypeInferer(Inferer):
         way (an array, or a zarr array on disk). ``done`` regions are skipped and labels continue from ``n_cells``:
         a run that continues from its finished regions.
 
-        Each region is annotated and stitched on its own, and keeps the cells centred in its core. A cell's rivals
-        for pixels lie within a patch of it, hence inside the region too, so the neighbouring region resolves their
-        overlap the same way, and a nucleus on a seam comes out as it would inside one tile. A region only takes
-        pixels no earlier region took, so a region's cells are final once it is yielded."""
+        Each region is annotated and stitched on its own (``region_found``), and keeps the cells centred in its core.
+        A cell's rivals for pixels lie within a patch of it, hence inside the region too, so the neighbouring region
+        resolves their overlap the same way, and a nucleus on a seam comes out as it would inside one tile. A region
+        only takes pixels no earlier region took (``claimed``), so a region's cells are final once it is yielded."""
         grid = region_grid(image.shape[1:])
         bar = tqdm(total=len(grid), initial=done, desc="regions", unit="region", leave=False, disable=len(grid) < 4)
-        for index, ((r0, r1, c0, c1), (q0, q1, p0, p1)) in enumerate(grid):
-            if index < done:
-                continue
-            offset = np.array([q0, p0], np.float32)
-            inside = None
-            if centres is not None:
-                inside = centres[(centres[:, 0] >= q0) & (centres[:, 0] < q1) & (centres[:, 1] >= p0)
-                                 & (centres[:, 1] < p1)] - offset
-            found = self.cells(image[:, q0:q1, p0:p1], network, inside, None if opaque is None else opaque[q0:q1, p0:p1])
-            t = time.perf_counter()
-            stitched = stitch(found["warped"]["mask"], found["centres"], (q1 - q0, p1 - p0),
-                              confidence=-found["distance"])
-
-            def owned(points: np.ndarray) -> np.ndarray:
-                points = np.asarray(points).reshape(-1, 2) + offset
-                return (points[:, 0] >= r0) & (points[:, 0] < r1) & (points[:, 1] >= c0) & (points[:, 1] < c1)
-
-            own = owned(found["centres"][stitched.kept])
-            n_own = int(own.sum())
-            # the region's own cells take their pixels in the image's label map, numbered on from the last region's;
-            # a cell lies within half a patch of its centre, so all of it is in this region's window
-            relabel = np.zeros(len(stitched.kept) + 1, np.int32)
-            relabel[1:][own] = np.arange(1, n_own + 1)
-            window = np.asarray(labels[q0:q1, p0:p1])
-            mine = relabel[stitched.labels]
-            free = (mine > 0) & (window == 0)
-            mine = np.where(free, mine, 0)
-            window[free] = mine[free] + n_cells
-            labels[q0:q1, p0:p1] = window
-            part = cell_geometry(mine, n_own)
-            part["centroid_row"] = [v + q0 for v in part["centroid_row"]]
-            part["centroid_col"] = [v + p0 for v in part["centroid_col"]]
-            part.update(cell_measurements(stitched.kept[own], found["warped"], found["archetype"], found["distance"]))
-            part["id"] = list(range(n_cells + 1, n_cells + n_own + 1))
-            found["seconds"]["stitch"] = time.perf_counter() - t
-            yield RegionCells(index=index, window=(q0, q1, p0, p1), labels=np.where(free, window, 0), cells=part,
-                              seconds=found["seconds"], n_proposals=int(owned(found["proposals"]).sum()),
-                              n_duplicates=int(owned(found["centres"][list(stitched.duplicates)]).sum()))
-            n_cells += n_own
+        for index in range(done, len(grid)):
+            region = self.claimed(self.region_found(image, network, index, centres, opaque), labels, n_cells)
+            yield region
+            n_cells += len(region.cells["id"])
             bar.update(1)
             bar.set_postfix(cells=n_cells, refresh=False)
         bar.close()
+
+    def region_found(self, image, network: torch.nn.Module, index: int, centres: np.ndarray | None = None,
+                     opaque: np.ndarray | None = None) -> FoundRegion:
+        """Region ``index`` of ``region_grid`` annotated and stitched on its own, before it claims its pixels: what
+        ranks annotating one slide together compute apart (``bundle.slide``)."""
+        (r0, r1, c0, c1), (q0, q1, p0, p1) = region_grid(image.shape[1:])[index]
+        offset = np.array([q0, p0], np.float32)
+        inside = None
+        if centres is not None:
+            inside = centres[(centres[:, 0] >= q0) & (centres[:, 0] < q1) & (centres[:, 1] >= p0)
+                             & (centres[:, 1] < p1)] - offset
+        found = self.cells(image[:, q0:q1, p0:p1], network, inside, None if opaque is None else opaque[q0:q1, p0:p1])
+        t = time.perf_counter()
+        stitched = stitch(found["warped"]["mask"], found["centres"], (q1 - q0, p1 - p0), confidence=-found["distance"])
+
+        def owned(points: np.ndarray) -> np.ndarray:
+            points = np.asarray(points).reshape(-1, 2) + offset
+            return (points[:, 0] >= r0) & (points[:, 0] < r1) & (points[:, 1] >= c0) & (points[:, 1] < c1)
+
+        own = owned(found["centres"][stitched.kept])
+        # the region's own cells numbered 1..n in its window; a cell lies within half a patch of its centre, so all
+        # of it is in the window
+        relabel = np.zeros(len(stitched.kept) + 1, np.int32)
+        relabel[1:][own] = np.arange(1, int(own.sum()) + 1)
+        found["seconds"]["stitch"] = time.perf_counter() - t
+        return FoundRegion(index=index, window=(q0, q1, p0, p1), labels=relabel[stitched.labels],
+                           measurements=cell_measurements(stitched.kept[own], found["warped"], found["archetype"],
+                                                          found["distance"]),
+                           seconds=found["seconds"], n_proposals=int(owned(found["proposals"]).sum()),
+                           n_duplicates=int(owned(found["centres"][list(stitched.duplicates)]).sum()))
+
+    @staticmethod
+    def claimed(found: FoundRegion, labels, n_cells: int) -> RegionCells:
+        """A found region's cells put into the image's ``labels`` (H, W), numbered on from ``n_cells``: each takes
+        the pixels of the window no earlier region took. Regions must be claimed in their grid's order."""
+        t = time.perf_counter()
+        q0, q1, p0, p1 = found.window
+        n_own = len(found.measurements["archetype_id"])
+        window = np.asarray(labels[q0:q1, p0:p1])
+        free = (found.labels > 0) & (window == 0)
+        mine = np.where(free, found.labels, 0)
+        window[free] = mine[free] + n_cells
+        labels[q0:q1, p0:p1] = window
+        part = cell_geometry(mine, n_own)
+        part["centroid_row"] = [v + q0 for v in part["centroid_row"]]
+        part["centroid_col"] = [v + p0 for v in part["centroid_col"]]
+        part.update(found.measurements)
+        part["id"] = list(range(n_cells + 1, n_cells + n_own + 1))
+        seconds = {**found.seconds, "stitch": found.seconds.get("stitch", 0.0) + time.perf_counter() - t}
+        return RegionCells(index=found.index, window=found.window, labels=np.where(free, window, 0), cells=part,
+                           seconds=seconds, n_proposals=found.n_proposals, n_duplicates=found.n_duplicates)
 
     def cells(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
               opaque: np.ndarray | None = None) -> dict:

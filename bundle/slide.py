@@ -9,7 +9,8 @@ config's ``slides`` step, with the same inferer and networks:
   region needs (``LazyImage``), from the pyramid level that matches the bank's pixel size, resampled when none is
   within ``scale.SAME_SCALE`` of it (``scale.reading_plan``; the slide's pixel size is the file's own or the config's
   ``pixel_size``);
-* **annotated** by ``ArchetypeInferer.regions_annotated``, its label map a chunked zarr array on disk;
+* **annotated** by ``ArchetypeInferer.regions_annotated``, its label map a chunked zarr array on disk; under torchrun
+  by every rank at once, each annotating its share of the regions, rank 0 claiming them in order and writing;
 * **written as it goes**, in level-0 pixel coordinates: the GeoJSON and the CSV grow region by region, and a progress
   record names the finished regions, so a run that was killed continues from them (``annotate_slide``);
 * **finished**: the label map becomes ``<id>_labels.ome.tif``, a tiled pyramid that QuPath and napari open, and the
@@ -27,11 +28,13 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
+from tqdm.auto import tqdm
 
 from .data import DataError, image_id_of, is_slide, level_zero, list_dataset, pixel_size_um, written_atomically
 from .inferer import region_grid
@@ -158,18 +161,20 @@ def _tiles(labels, step: int, shape: tuple[int, int], tile: int, scale: float):
 
 
 def write_label_pyramid(labels, path, pixel_size: float | None = None, tile: int = PYRAMID_TILE,
-                        shape: tuple[int, int] | None = None, scale: float = 1.0) -> None:
+                        shape: tuple[int, int] | None = None, scale: float = 1.0, image_id: str | None = None) -> None:
     """Write a label map (an array or a zarr array on disk) as a tiled OME-TIFF pyramid, uint32, zlib: level 0 of
     ``shape`` (H, W) (the map's own by default) and halvings down to under two tiles a side, as sub-resolutions of level
     0 (what QuPath and napari read). ``scale``: level-0 pixels a side per pixel of ``labels`` (a slide read at another
-    scale); ``pixel_size``: level 0's (um). Tile by tile, so memory follows the tile, not the map."""
+    scale); ``pixel_size``: level 0's (um). Tile by tile, so memory follows the tile, not the map. ``image_id`` makes
+    the OME UUID (random otherwise), so that the same slide annotated again gives the same file, byte for byte."""
     h, w = labels.shape if shape is None else shape
     levels = 1
     while max(h, w) // 2 ** levels >= 2 * tile:
         levels += 1
     options = {"tile": (tile, tile), "compression": "zlib", "dtype": np.uint32, "photometric": "minisblack"}
     resolution = {} if pixel_size is None else {"resolutionunit": "CENTIMETER"}
-    metadata = {"axes": "YX", **({} if pixel_size is None else {"PhysicalSizeX": pixel_size, "PhysicalSizeY": pixel_size,
+    metadata = {"axes": "YX", **({} if image_id is None else {"UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:labels"))}),
+                **({} if pixel_size is None else {"PhysicalSizeX": pixel_size, "PhysicalSizeY": pixel_size,
                                                                   "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})}
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for level in range(levels):
@@ -228,7 +233,10 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
     After each region its cells are appended to the GeoJSON and the CSV (flushed to disk) and only then recorded as
     finished, so a killed run loses at most the region it was in: rerunning the same command continues from the
     regions recorded, as long as the image, the grid, the pixel size and the models are the same (else it starts
-    over)."""
+    over).
+
+    Under torchrun every rank calls it for the same slide: all of them annotate its regions (``_regions_together``),
+    rank 0 writes the outputs and returns the summary, the others return None."""
     import zarr
 
     start = time.perf_counter()
@@ -236,6 +244,12 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
     path, output_dir = Path(path), Path(output_dir)
     image_id = image_id_of(path)
     size = pixel_size if pixel_size is not None else pixel_size_um(path)
+    rank, world = _ranks()
+    if rank > 0:  # annotates its share of the regions for rank 0, which writes everything
+        with LazyImage(path, size, inferer.bank_pixel_size) as image:
+            for _ in _regions_together(inferer, image, network, None, 0, 0):
+                pass
+        return None
     work = output_dir / f".{image_id}.slide-progress"
     finals = [output_dir / name for name in slide_output_names(image_id).values()]
     with LazyImage(path, size, inferer.bank_pixel_size) as image:
@@ -277,8 +291,12 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
                 _appended(geojson, '{"type": "FeatureCollection", "features": [\n')
                 _appended(table, _csv_text([csv_header(size)]))
             began = time.perf_counter()
-            for region in inferer.regions_annotated(image, network, labels, done=progress["regions"],
-                                                    n_cells=progress["cells"]):
+            if world > 1:
+                regions = _regions_together(inferer, image, network, labels, progress["regions"], progress["cells"])
+            else:
+                regions = inferer.regions_annotated(image, network, labels, done=progress["regions"],
+                                                    n_cells=progress["cells"])
+            for region in regions:
                 annotated = time.perf_counter()
                 geometries = cell_geometries(region.labels, origin=(region.window[0], region.window[2]))
                 cells = cells_at(region.cells, image.to_level_zero)
@@ -298,7 +316,7 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
             _appended(geojson, "\n]}\n")
         with written_atomically(*finals) as (pyramid, geojson_out, csv_out):
             write_label_pyramid(labels, pyramid, size, tile=PYRAMID_TILE, shape=image.level_zero_shape,
-                                scale=image.to_level_zero)
+                                scale=image.to_level_zero, image_id=image_id)
             os.replace(work / "cells.geojson", geojson_out)
             os.replace(work / "cells.csv", csv_out)
     shutil.rmtree(work, ignore_errors=True)
@@ -311,6 +329,44 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
             "seconds": time.perf_counter() - start, "annotation_seconds": progress["seconds"],
             "writing_seconds": progress["writing_seconds"],
             "outputs": [str(f) for f in finals]}
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, world size) of the process group this process is in (torchrun); (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _regions_together(inferer, image, network: torch.nn.Module, labels, done: int, n_cells: int):
+    """``ArchetypeInferer.regions_annotated`` by every rank of the process group at once, for rank 0: in rounds of
+    one region per rank, each rank annotates its region on its own (``region_found``, the networks' work) and rank 0
+    gathers the round and claims its regions in the grid's order (``claimed``), so its label map and cells are those
+    of one process. Rank 0 gets each region as it is claimed; the other ranks get nothing (their ``labels`` unused).
+    Every rank continues from rank 0's ``done``."""
+    import torch.distributed as dist
+
+    rank, world = _ranks()
+    shared = [done]
+    dist.broadcast_object_list(shared, src=0)
+    grid = region_grid(image.shape[1:])
+    bar = tqdm(total=len(grid), initial=shared[0], desc="regions", unit="region", leave=False,
+               disable=rank > 0 or len(grid) < 4)
+    for first in range(shared[0], len(grid), world):
+        index = first + rank
+        found = inferer.region_found(image, network, index) if index < len(grid) else None
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object(found, gathered, dst=0)
+        for found in gathered or []:
+            if found is not None:
+                region = inferer.claimed(found, labels, n_cells)
+                yield region
+                n_cells += len(region.cells["id"])
+                bar.update(1)
+                bar.set_postfix(cells=n_cells, refresh=False)
+    bar.close()
 
 
 def _csv_text(rows) -> str:
@@ -331,6 +387,8 @@ class SlideAnnotator:
         done = []
         for path in self.images:
             summary = annotate_slide(self.inferer, self.network, path, self.output_dir, self.pixel_size)
+            if summary is None:  # a rank after the first, which annotated regions for rank 0
+                continue
             print(f"{image_id_of(path)}: {summary['cells']} cells in {summary['seconds']:.1f} s (a slide, "
                   f"{summary['regions']} regions)")
             done.append(summary)

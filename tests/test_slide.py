@@ -2,6 +2,9 @@
 the same cells as the image annotated in memory."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -204,10 +207,8 @@ def test_a_slide_run_killed_half_way_continues_from_its_finished_regions(workflo
     summary = slide.annotate_slide(inferer, network, path, out)
     assert summary["resumed_from"] == 6
     assert sorted(p.name for p in out.iterdir()) == ["mosaic.geojson", "mosaic_cells.csv", "mosaic_labels.ome.tif"]
-    for name in ("mosaic.geojson", "mosaic_cells.csv"):
+    for name in ("mosaic.geojson", "mosaic_cells.csv", "mosaic_labels.ome.tif"):
         assert (out / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes()
-    assert np.array_equal(tifffile.imread(out / "mosaic_labels.ome.tif"),
-                          tifffile.imread(tmp_path / "uninterrupted" / "mosaic_labels.ome.tif"))
 
 
 def test_a_slide_changed_since_the_unfinished_run_starts_over(workflow, small_regions, mosaic_folder, tmp_path,
@@ -237,3 +238,46 @@ def test_the_main_command_annotates_a_folder_of_a_slide_and_a_tile(small_regions
     assert sorted(p.name for p in out.iterdir()) == ["mosaic.geojson", "mosaic_cells.csv", "mosaic_labels.ome.tif",
                                                      "tile.geojson", "tile_cells.csv", "tile_labels.tif",
                                                      "tile_overlay.png"]
+
+
+# the main command with regions shrunk as ``small_regions`` shrinks them (a subprocess cannot be monkeypatched), and a
+# line saying how many regions this process annotated
+SHRUNK_MAIN_COMMAND = """
+import os, sys
+import bundle.data as data, bundle.inferer as inferer, bundle.slide as slide
+from monai.bundle import run
+
+inferer.TILE, data.SLIDE_PIXELS, slide.PYRAMID_TILE = 128, 100 * 100, 64
+found, count = inferer.ArchetypeInferer.region_found, []
+def counted(self, *args, **kwargs):
+    count.append(1)
+    return found(self, *args, **kwargs)
+inferer.ArchetypeInferer.region_found = counted
+configs, dataset, out, root = sys.argv[1:]
+run(run_id="run", init_id="initialize", final_id="finalize", config_file=configs.split(","), bundle_root=root,
+    dataset_dir=dataset, output_dir=out, device="$torch.device('cpu')")
+print(f"rank {os.environ.get('RANK', 0)} annotated {len(count)} regions")
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_annotate_one_slide_together_into_the_files_of_one_process(mosaic_folder, tmp_path):
+    driver = tmp_path / "main.py"
+    driver.write_text(SHRUNK_MAIN_COMMAND)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    configs = [str(ROOT / "configs" / name) for name in ("inference.yaml", "multi_gpu_inference.yaml")]
+    one = subprocess.run([sys.executable, str(driver), configs[0], str(mosaic_folder), str(tmp_path / "one"), str(ROOT)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                          "--nproc_per_node=2", str(driver), ",".join(configs), str(mosaic_folder), str(tmp_path / "two"),
+                          str(ROOT)], capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    assert "rank 0 annotated 16 regions" in one.stdout  # the grid of ``small_regions``
+    assert "rank 0 annotated 8 regions" in two.stdout and "rank 1 annotated 8 regions" in two.stdout
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == ["mosaic.geojson", "mosaic_cells.csv", "mosaic_labels.ome.tif"]
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
