@@ -25,6 +25,8 @@ out, with the per-cell table in its metadata (``CELLS_KEY``) for the postprocess
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import numbers
 import time
 from dataclasses import dataclass, replace
@@ -50,7 +52,7 @@ from .student import student_instances, student_maps
 from .stitch import (CELLS_KEY, Annotation, cell_geometry, cell_measurements, cell_table, cells_to_tensor, regions,
                      stitch)
 
-__all__ = ["ArchetypeInferer", "FoundRegion", "RegionCells", "region_grid", "compiled", "TILE", "MARGIN"]
+__all__ = ["ArchetypeInferer", "FoundRegion", "RegionCells", "give_back_freed_memory", "region_grid", "compiled", "TILE", "MARGIN"]
 
 # Images larger than one region (a TILE core plus its MARGIN each side) are annotated region by region
 # (``annotate_regions``), so that the networks' working memory follows the region, not the image. The margin holds a
@@ -65,6 +67,25 @@ MARGIN = 96
 # a bank with fewer whole archetypes is flagged when it is read: the smallest bank the model card measured holds 21
 # cells (2 % of Kidney's train cells); with a handful, every cell takes one of a few shapes and many match none well
 FEW_ARCHETYPES = 20
+
+
+def give_back_freed_memory() -> None:
+    """Hand the heap a finished region freed back to the system (glibc's ``malloc_trim``; elsewhere nothing). A region
+    frees gigabytes of arrays of every size, and what the allocator keeps fragments: on a 5,000 px slide (2 CPU
+    cores) trimming after each region lowered the peak resident memory from 3.0 to 2.5 GB, in the same time."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc's own: musl has none)
+        return libc
+    except (OSError, AttributeError):  # not glibc: macOS, Windows, musl
+        return None
 
 
 def region_grid(shape: tuple[int, int]) -> list:
@@ -298,6 +319,7 @@ class ArchetypeInferer(Inferer):
         for index in range(done, len(grid)):
             region = self.claimed(self.region_found(image, network, index, centres, opaque), labels, n_cells)
             yield region
+            give_back_freed_memory()
             n_cells += len(region.cells["id"])
             bar.update(1)
             bar.set_postfix(cells=n_cells, refresh=False)
@@ -313,7 +335,8 @@ class ArchetypeInferer(Inferer):
         if centres is not None:
             inside = centres[(centres[:, 0] >= q0) & (centres[:, 0] < q1) & (centres[:, 1] >= p0)
                              & (centres[:, 1] < p1)] - offset
-        found = self.cells(image[:, q0:q1, p0:p1], network, inside, None if opaque is None else opaque[q0:q1, p0:p1])
+        found = self.cells(image[:, q0:q1, p0:p1], network, inside, None if opaque is None else opaque[q0:q1, p0:p1],
+                           core=(r0 - q0, r1 - q0, c0 - p0, c1 - p0))
         t = time.perf_counter()
         stitched = stitch(found["warped"]["mask"], found["centres"], (q1 - q0, p1 - p0), confidence=-found["distance"])
 
@@ -355,8 +378,12 @@ class ArchetypeInferer(Inferer):
                            seconds=seconds, n_proposals=found.n_proposals, n_duplicates=found.n_duplicates)
 
     def cells(self, image: torch.Tensor, network: torch.nn.Module, centres: np.ndarray | None = None,
-              opaque: np.ndarray | None = None) -> dict:
+              opaque: np.ndarray | None = None, core: tuple[int, int, int, int] | None = None) -> dict:
         """detect -> match -> register -> warp -> refine for one image or region (C, H, W), before stitching.
+
+        ``core`` (row0, row1, col0, col1): a region's core; detections centred more than a patch outside it are
+        dropped before the per-cell stages, since their masks (within half a patch of their centres) cannot reach
+        a cell centred in the core.
 
         Returns ``centres`` (N, 2) of the cells, ``proposals`` (M, 2) every detection before ``min_similarity``,
         ``archetype`` (N,) their archetypes' bank ids, ``distance`` (N,) match distances, ``warped`` (the warped
@@ -379,6 +406,10 @@ class ArchetypeInferer(Inferer):
         if opaque is not None:
             rows, cols = np.clip(np.round(centres).astype(int), 0, [h - 1, w - 1]).T
             centres = centres[opaque[rows, cols]]
+        if core is not None:
+            r0, r1, c0, c1 = core
+            centres = centres[(centres[:, 0] >= r0 - PATCH_SIZE) & (centres[:, 0] < r1 + PATCH_SIZE)
+                              & (centres[:, 1] >= c0 - PATCH_SIZE) & (centres[:, 1] < c1 + PATCH_SIZE)]
         proposals = centres
         crops = crop_patches(image, centres, PATCH_SIZE)
         seconds["detect"] = time.perf_counter() - t

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataError, image_id_of, is_slide, level_zero, list_dataset, pixel_size_um, written_atomically
-from .inferer import region_grid
+from .inferer import give_back_freed_memory, region_grid
 from .match import unlike_the_bank, UNLIKE_THE_BANK
 from .scale import cells_at, labels_at, reading_plan, resample
 from .outputs import cell_geometries, csv_header, csv_rows, geojson_feature, output_names
@@ -359,6 +359,8 @@ def _regions_together(inferer, image, network: torch.nn.Module, labels, done: in
         found = inferer.region_found(image, network, index) if index < len(grid) else None
         gathered = [None] * world if rank == 0 else None
         dist.gather_object(found, gathered, dst=0)
+        found = None
+        give_back_freed_memory()
         for found in gathered or []:
             if found is not None:
                 region = inferer.claimed(found, labels, n_cells)
