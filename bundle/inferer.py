@@ -52,7 +52,8 @@ from .student import student_instances, student_maps
 from .stitch import (CELLS_KEY, Annotation, cell_geometry, cell_measurements, cell_table, cells_to_tensor, regions,
                      stitch)
 
-__all__ = ["ArchetypeInferer", "FoundRegion", "RegionCells", "give_back_freed_memory", "region_grid", "compiled", "TILE", "MARGIN"]
+__all__ = ["ArchetypeInferer", "FoundRegion", "RegionCells", "give_back_freed_memory", "region_grid", "compiled",
+           "TILE", "MARGIN"]
 
 # Images larger than one region (a TILE core plus its MARGIN each side) are annotated region by region
 # (``annotate_regions``), so that the networks' working memory follows the region, not the image. The margin holds a
@@ -169,7 +170,8 @@ class ArchetypeInferer(Inferer):
             raise DataError(f"min_similarity: must be between -1 and 1 (-1 keeps every detection); got {min_similarity}")
         if pixel_size is not None and (isinstance(pixel_size, bool) or not isinstance(pixel_size, numbers.Real)
                                        or not pixel_size > 0):
-            raise DataError(f"pixel_size: must be the pixel's side in micrometres, a number above 0; got {pixel_size!r}")
+            raise DataError("pixel_size: must be the pixel's side in micrometres, a number above 0; got "
+                            f"{pixel_size!r}")
         self.refine, self.pixel_size = refine, pixel_size
         self.bank, self.invariant, self.invariant_path = bank, invariant, invariant_path
         self.student, self.student_path = student, student_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.losses import BendingEnergyLoss, DiceLoss, LocalNormalizedCrossCorrelationLoss
@@ -31,6 +32,7 @@ class MultiViewNTXentLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, embeddings: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        embeddings, cells = from_every_rank(embeddings, cells)
         logits = embeddings @ embeddings.T / self.temperature
         self_mask = torch.eye(len(cells), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
@@ -40,6 +42,38 @@ class MultiViewNTXentLoss(nn.Module):
         if (n_pos == 0).any():
             raise ValueError("every cell needs at least two views in the batch")
         return -(log_prob.masked_fill(~positives, 0.0).sum(dim=1) / n_pos).mean()
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """The identity, whose gradient is multiplied by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def from_every_rank(embeddings: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Under DistributedDataParallel, the views (N, D) and cell ids (N,) of every rank's batch, so that each view meets
+    the negatives of the whole global batch, as on one device; outside a process group, the arguments. Ranks must hold
+    equal batches, each with every view of its cells (``DistributedSampler`` with ``even_divisible``).
+
+    Every rank computes the same loss over the whole batch, but its gradient reaches only its own views; DDP averages
+    the ranks' gradients, so each rank's own views carry world_size x their gradient: the sum over ranks is then the
+    gradient one process gets from the whole batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embeddings, cells
+    world, rank = dist.get_world_size(), dist.get_rank()
+    views = [torch.empty_like(embeddings) for _ in range(world)]
+    dist.all_gather(views, embeddings.detach().contiguous())
+    views[rank] = _ScaledGradient.apply(embeddings, float(world))
+    ids = [torch.empty_like(cells) for _ in range(world)]
+    dist.all_gather(ids, cells.contiguous())
+    return torch.cat(views), torch.cat(ids)
 
 
 class InvariantLoss(nn.Module):

@@ -66,7 +66,7 @@ class LazyImage:
     With both pixel sizes known (``pixel_size``: level 0's, ``bank_pixel_size``: the bank's), the level and zoom come
     from ``reading_plan``, and a zoomed region is resampled from the level (bilinear, after a Gaussian blur when
     reducing): every pixel from the level's pixels around it, so a region reads as the same region of the whole image
-    resampled. ``to_level_zero``: level-0 pixels per pixel read; ``pixel_size``: the side of a pixel read (um)."""
+    resampled. ``to_level_zero``: level-0 pixels a side per pixel read."""
 
     ndim = 3
 
@@ -98,7 +98,6 @@ class LazyImage:
         self.shape = (self._channels, int(h), int(w))
         self.level_zero_shape = shapes[0]
         self.to_level_zero = shapes[0][1] / self._level_shape[1] / self.zoom
-        self.pixel_size = None if pixel_size is None else pixel_size * self.to_level_zero
         self.dtype = np.dtype(level.dtype)
         if self.dtype == bool:
             self.close()
@@ -106,7 +105,9 @@ class LazyImage:
 
     def __getitem__(self, key) -> torch.Tensor:
         _, rows, cols = key
-        return self._read(rows, cols) if self.zoom == 1 else resample(self._read, self._level_shape, self.zoom, rows, cols)
+        if self.zoom == 1:
+            return self._read(rows, cols)
+        return resample(self._read, self._level_shape, self.zoom, rows, cols)
 
     def _read(self, rows: slice, cols: slice) -> torch.Tensor:
         """The level's pixels (C, h, w) under ``rows`` x ``cols``."""
@@ -173,9 +174,12 @@ def write_label_pyramid(labels, path, pixel_size: float | None = None, tile: int
         levels += 1
     options = {"tile": (tile, tile), "compression": "zlib", "dtype": np.uint32, "photometric": "minisblack"}
     resolution = {} if pixel_size is None else {"resolutionunit": "CENTIMETER"}
-    metadata = {"axes": "YX", **({} if image_id is None else {"UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:labels"))}),
-                **({} if pixel_size is None else {"PhysicalSizeX": pixel_size, "PhysicalSizeY": pixel_size,
-                                                                  "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})}
+    metadata = {"axes": "YX"}
+    if image_id is not None:
+        metadata["UUID"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"diffkillr:{image_id}:labels"))
+    if pixel_size is not None:
+        metadata.update(PhysicalSizeX=pixel_size, PhysicalSizeY=pixel_size, PhysicalSizeXUnit="µm",
+                        PhysicalSizeYUnit="µm")
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         for level in range(levels):
             step = 2 ** level

@@ -1,5 +1,9 @@
 """Matching cells to archetypes, the matching metrics and the contrastive loss."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +63,46 @@ def test_ntxent_with_two_views_equals_simclr_cross_entropy():
 def test_ntxent_rejects_a_cell_with_a_single_view():
     with pytest.raises(ValueError, match="two views"):
         MultiViewNTXentLoss()(F.normalize(torch.randn(3, 4), dim=1), torch.tensor([0, 0, 1]))
+
+
+# two ranks each train on half of a batch of 8 cells x 2 views; rank 0 also computes the whole batch in one process
+TWO_RANKS_OF_ONE_BATCH = """
+import copy, torch, torch.distributed as dist, torch.nn.functional as F
+from bundle.losses import MultiViewNTXentLoss
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+net, x, cells = torch.nn.Linear(6, 4), torch.randn(16, 6), torch.arange(8).repeat(2)
+loss = MultiViewNTXentLoss(0.5)
+ddp = torch.nn.parallel.DistributedDataParallel(copy.deepcopy(net))
+mine = (cells // 4) == rank  # this rank's four cells, both views of each
+shared = loss(F.normalize(ddp(x[mine]), dim=1), cells[mine])
+shared.backward()
+shared, grads = float(shared), [p.grad.clone() for p in ddp.module.parameters()]
+del ddp
+dist.barrier()  # both ranks done before the group goes: a rank that leaves first may abort the other
+dist.destroy_process_group()
+if rank == 0:  # the whole batch in one process, as without torchrun
+    whole = loss(F.normalize(net(x), dim=1), cells)
+    whole.backward()
+    assert abs(shared - float(whole)) < 1e-6, (shared, float(whole))
+    for mine_grad, p in zip(grads, net.parameters()):
+        assert torch.allclose(mine_grad, p.grad, atol=1e-6), (mine_grad, p.grad)
+    print("the same loss and gradients")
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun_get_the_loss_and_gradients_of_their_whole_batch_in_one_process(tmp_path):
+    # each view meets the negatives of every rank's batch: without that, two GPUs of 16 cells would train with the
+    # negatives of 16, not of the 32 one GPU sees, and the contrastive loss (and what it teaches) would change
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS_OF_ONE_BATCH)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                             "--nproc_per_node=2", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the same loss and gradients" in result.stdout
 
 
 def test_an_image_whose_cells_match_the_bank_poorly_is_flagged_by_its_median_match_distance():
