@@ -69,6 +69,7 @@ __all__ = [
     "read_aperio_xml",
     "read_asap_xml",
     "pixel_size_um",
+    "image_pixel_size",
     "read_image",
     "read_image_and_opacity",
     "read_instances",
@@ -340,6 +341,14 @@ def pixel_size_um(path) -> float | None:
         return None
     low, high = PLAUSIBLE_PIXEL_UM
     return size if size is not None and low <= size <= high else None
+
+
+def image_pixel_size(source, given: float | None = None) -> float | None:
+    """The pixel size (um) an image is annotated and measured at: ``given`` (the config's ``pixel_size``), else what its
+    file states (``pixel_size_um``); None when neither says (or ``source`` is no file)."""
+    if given is not None:
+        return given
+    return pixel_size_um(source) if source is not None and pathlib.Path(str(source)).is_file() else None
 
 
 def read_image(path) -> torch.Tensor:

@@ -40,7 +40,7 @@ from monai.inferers import Inferer
 
 from .bank import load_bank, whole_archetypes
 from .checkpoint import load_weights
-from .data import OPAQUE_KEY, DataError, pixel_size_um
+from .data import OPAQUE_KEY, DataError, image_pixel_size
 from .detect import holds_tissue, nucleus_proposals, piece_centroids
 from .fields import compose, jacobian_determinant
 from .match import nearest_archetype
@@ -453,11 +453,9 @@ class ArchetypeInferer(Inferer):
             opaque = torch.as_tensor(opaque).reshape(image.shape[1:]).numpy()
         source = getattr(inputs, "meta", {}).get("filename_or_obj")
         source = source[0] if isinstance(source, (list, tuple)) else source
-        size = self.pixel_size
-        if size is None and source is not None and Path(str(source)).is_file():
-            size = pixel_size_um(source)
         self.setup()
-        _, zoom = reading_plan([tuple(image.shape[1:])], size, self.bank_pixel_size)
+        _, zoom = reading_plan([tuple(image.shape[1:])], image_pixel_size(source, self.pixel_size),
+                               self.bank_pixel_size)
         try:
             annotation = (self.annotate(image, network, opaque=opaque) if zoom == 1
                           else self.annotate_zoomed(image, network, zoom, opaque))

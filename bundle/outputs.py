@@ -27,7 +27,7 @@ import torch
 from skimage.measure import find_contours, regionprops
 from skimage.segmentation import find_boundaries
 
-from .data import DataError, image_id_of, pixel_size_um, written_atomically
+from .data import DataError, image_id_of, image_pixel_size, written_atomically
 from .stitch import CELL_COLUMNS, CELLS_KEY, Annotation, cells_from_tensor
 
 __all__ = ["SaveAnnotationd", "write_outputs", "cell_geometries", "output_names", "cell_records", "write_asap_xml"]
@@ -81,7 +81,7 @@ class SaveAnnotationd:
                                 cells=cells_from_tensor(table))
         source = image.meta.get("filename_or_obj", "image") if hasattr(image, "meta") else "image"
         image_id = image_id_of(str(source))
-        pixel_size = self.pixel_size or (pixel_size_um(source) if Path(str(source)).is_file() else None)
+        pixel_size = image_pixel_size(source, self.pixel_size)
         data = dict(data)
         data["outputs"] = [str(p) for p in write_outputs(annotation, torch.as_tensor(image), self.output_dir, image_id,
                                                          pixel_size)]

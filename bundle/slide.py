@@ -36,7 +36,7 @@ import tifffile
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataError, image_id_of, is_slide, level_zero, list_dataset, pixel_size_um, written_atomically
+from .data import DataError, image_id_of, image_pixel_size, is_slide, level_zero, list_dataset, written_atomically
 from .inferer import give_back_freed_memory, region_grid
 from .match import unlike_the_bank, UNLIKE_THE_BANK
 from .scale import cells_at, labels_at, reading_plan, resample
@@ -150,12 +150,8 @@ def _tiles(labels, step: int, shape: tuple[int, int], tile: int, scale: float):
     level-0 pixel, ``scale`` level-0 pixels a side per pixel of ``labels``."""
     for top in range(0, shape[0], tile):
         for left in range(0, shape[1], tile):
-            if scale == 1:
-                block = np.asarray(labels[top * step : (top + tile) * step : step,
-                                          left * step : (left + tile) * step : step])
-            else:
-                block = labels_at(labels, np.arange(top, min(top + tile, shape[0])) * step,
-                                  np.arange(left, min(left + tile, shape[1])) * step, scale)
+            block = labels_at(labels, np.arange(top, min(top + tile, shape[0])) * step,
+                              np.arange(left, min(left + tile, shape[1])) * step, scale)
             out = np.zeros((tile, tile), np.uint32)
             out[: block.shape[0], : block.shape[1]] = block
             yield out
@@ -247,7 +243,7 @@ def annotate_slide(inferer, network: torch.nn.Module, path, output_dir, pixel_si
     inferer.setup()
     path, output_dir = Path(path), Path(output_dir)
     image_id = image_id_of(path)
-    size = pixel_size if pixel_size is not None else pixel_size_um(path)
+    size = image_pixel_size(path, pixel_size)
     rank, world = _ranks()
     if rank > 0:  # annotates its share of the regions for rank 0, which writes everything
         with LazyImage(path, size, inferer.bank_pixel_size) as image:
