@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     r.add_argument("--label-weight", type=float, default=1.0, help="weight of the Dice label term (0: ablation)")
     r.add_argument("--max-pairs", type=int, default=300, help="test cells per seed (demons is the slow row)")
     r.add_argument("--synthetic-pairs", type=int, default=200)
-    a.add_argument("--test-organs", type=lambda v: v.split(","), default=None,
-                   help="score the test images of these organs (comma-separated), e.g. organs no bank cell came from")
+    for p in (a, r):  # e.g. organs no bank cell came from
+        p.add_argument("--test-organs", type=lambda v: v.split(","), help="score these organs' test images (a,b,...)")
     a.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=whole_image.METHODS,
                    help="comma-separated subset of the methods (default: all)")
     a.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")

@@ -14,6 +14,10 @@ python scripts/benchmark.py tune-baselines --data-dir "$DATA" --json eval/baseli
 # organs no bank cell and no network saw: banks from every train organ, Bladder and Brain test tiles
 python scripts/benchmark.py annotate --train-dir "$DATA" --test-dir "$DATA" --test-organs Bladder,Brain --seeds 0,1,2 \
     --json eval/annotate_unseen.json
+# registration on the same organs with the shipped networks (trained on the other organs), against demons and ANTs
+python scripts/benchmark.py registration --train-dir "$DATA" --test-dir "$DATA" --test-organs Bladder,Brain --seeds 0,1,2 \
+    --checkpoint models/invariant.pt --mapping-checkpoint models/model.pt --max-pairs 100 --synthetic-pairs 50 \
+    --json eval/registration_unseen.json
 for organ in Kidney Lung; do
   o=$(echo "$organ" | tr '[:upper:]' '[:lower:]')
   # whole images with the shipped models: ours, its ablations (student alone, no refinement, no student), ours from

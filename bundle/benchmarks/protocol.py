@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..bank import build_bank, concatenate, extract_cells, save_bank
 from ..checkpoint import load_weights
-from ..data import list_dataset, load_sample, written_atomically
+from ..data import DataError, list_dataset, load_sample, written_atomically
 from ..patches import PATCH_SIZE, centre_crop
 from ..release import EXPORTED
 
@@ -86,11 +86,20 @@ def bank_for(setting: Setting, seed: int) -> tuple[dict, Path]:
     return bank, save_bank(bank, setting.work_for(seed) / "bank.pt")
 
 
+def test_samples(setting: Setting) -> list:
+    """The test images scored: of ``setting.organ``, or of each of ``setting.test_organs``."""
+    organs = setting.test_organs or (setting.organ,)
+    samples = [s for organ in organs for s in list_dataset(setting.test_dir, split="test", organ=organ)]
+    if not samples:
+        raise DataError(f"{setting.test_dir}: no test images" + (f" of {', '.join(o for o in organs if o)}"
+                                                                 if any(organs) else ""))
+    return samples
+
+
 def held_out_cells(setting: Setting) -> dict:
-    """Every annotated cell of the test images (all images when the folder has no split), as bank-style crops."""
+    """Every annotated cell of the test images (``test_samples``), as bank-style crops."""
     parts = []
-    for sample in tqdm(list_dataset(setting.test_dir, split="test", organ=setting.organ), desc="reading test cells",
-                       unit="image"):
+    for sample in tqdm(test_samples(setting), desc="reading test cells", unit="image"):
         image, labels = load_sample(sample)
         parts.append(extract_cells(image, labels))
     return concatenate(parts)

@@ -73,7 +73,7 @@ def registration_section(files) -> list[str]:
     for f in files:
         r = json.loads(f.read_text())
         seeds = ", ".join(map(str, r.get("seeds", [r.get("seed")])))
-        lines += [f"### {r['organ']}: {r['pairs']} test cells per seed, seeds {seeds}, batch {r['batch_size']}", ""]
+        lines += [f"### {tiles_of(r)}: {r['pairs']} test cells per seed, seeds {seeds}, batch {r['batch_size']}", ""]
         lines += rows_table(r["rows"]) + [""]
         lines += [f"Synthetic shapes ({r['synthetic']['pairs']} pairs per seed, known random diffeomorphism):", ""]
         lines += rows_table(r["synthetic"]["rows"]) + ["", measured_on(r), ""]
@@ -531,14 +531,14 @@ def headline_block(root: Path) -> str:
         small = "".join(f"; against galleries of {k[len('map_gallery'):]} cells {pm(r, k)}" for k in gallery)
         lines.append(f"- Matching, {r['organ']}: MAP {pm(r, 'map')} with every annotated test cell of the organ "
                      f"({r['n_test']:,}) as the gallery{small} (`eval/matching_{r['organ'].lower()}.json`).")
-    registration = [r for r in (_load(f) for f in sorted(eval_dir.glob("registration_*.json"))) if r]
-    for r in registration:
+    for path in sorted(eval_dir.glob("registration_*.json")):
+        r = _load(path)
         rows = r["rows"]
         others = ", ".join(f"{name} {pm(rows[name], 'dice')}" for name in ("demons", "ants_synonly") if name in rows)
-        lines.append(f"- Registration, {r['organ']} ({r['pairs']} test cells per seed, from their matched archetype): "
-                     f"Dice {pm(rows['ours'], 'dice')} against {others}; {rows['ours']['ms_per_pair']:.1f} ms per pair "
-                     f"against demons' {rows['demons']['ms_per_pair']:.0f} ms "
-                     f"(`eval/registration_{r['organ'].lower()}.json`).")
+        lines.append(f"- Registration, {tiles_of(r)} ({r['pairs']} test cells per seed, from their matched archetype"
+                     f"{', organs no network saw' if unseen_organs(r) else ''}): Dice {pm(rows['ours'], 'dice')} "
+                     f"against {others}; {rows['ours']['ms_per_pair']:.1f} ms per pair against demons' "
+                     f"{rows['demons']['ms_per_pair']:.0f} ms (`eval/{path.name}`).")
     return "\n".join(lines) + "\n" if lines else _missing("eval/annotate_*.json", "bash scripts/run_benchmarks.sh")
 
 

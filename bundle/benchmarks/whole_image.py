@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import selftrain
-from ..data import DataError, list_dataset, load_sample
+from ..data import load_sample
 from ..student import student_instances, student_maps
 from ..patches import CROP_SIZE, angle_difference, cell_centroids, crop_cell_masks, elongation, principal_angle
 from .baselines.segmentation import log_blobs_with_radii, otsu_watershed
@@ -39,7 +39,7 @@ from .baselines.unet import background_patches, train_unet, unet_instances
 from .metrics import (MIN_ELONGATION, boxes_from_centres, boxes_from_labels, connected_components, counting_scores,
                       counting_scores_paper_rule, matched_pairs, mean_sd, segmentation_scores)
 from ..checkpoint import recipe_of
-from .protocol import ROOT, Setting, bank_for, inference, machine, trained
+from .protocol import ROOT, Setting, bank_for, inference, machine, test_samples, trained
 
 METHODS = ("ours", "ours_gt_centroids", "student", "ours_no_refine", "ours_no_student", "blob_log", "otsu_watershed",
            "unet")
@@ -120,16 +120,6 @@ def self_trained(setting: Setting, seed: int, bank_path: Path, networks: dict) -
                                      student=False)
         selftrain.run(setting.train_dir, bank_path, teacher, network, path, seed=seed, device=setting.device)
     return path
-
-
-def test_samples(setting: Setting) -> list:
-    """The test images scored: of ``setting.organ``, or of each of ``setting.test_organs``."""
-    organs = setting.test_organs or (setting.organ,)
-    samples = [s for organ in organs for s in list_dataset(setting.test_dir, split="test", organ=organ)]
-    if not samples:
-        raise DataError(f"{setting.test_dir}: no test images" + (f" of {', '.join(o for o in organs if o)}"
-                                                                 if any(organs) else ""))
-    return samples
 
 
 def run_seed(setting: Setting, seed: int, bank: dict, bank_path: Path, networks: dict,
