@@ -1,9 +1,10 @@
 """registration: the registration benchmark (``scripts/benchmark.py registration``).
 
-For held-out test cells (``max_pairs`` drawn with the seed; of the organ, or of organs the networks never saw), the nearest archetype by DiffeoInvariantNet is mapped
-onto the cell and its mask scored against the cell's own ground truth (``metrics.registration_scores``). Rows on the
-same pairs: identity, dihedral only, SimpleITK demons, ANTs SyNOnly (if antspyx imports), ours. Then the same rows on
-the synthetic-shape check (shapes warped by a known random diffeomorphism, ``synthetic``).
+For held-out test cells (``max_pairs`` drawn with the seed; of the organ, or of ``test_organs`` the networks never
+saw), the nearest archetype by DiffeoInvariantNet is mapped onto the cell and its mask scored against the cell's own
+ground truth (``metrics.registration_scores``). Rows on the same pairs: identity, dihedral only, SimpleITK demons,
+ANTs SyNOnly (if antspyx imports), ours. Then the same rows on the synthetic-shape check (shapes warped by a known
+random diffeomorphism, ``synthetic``).
 """
 
 from __future__ import annotations
@@ -85,9 +86,9 @@ def run_seed(setting: Setting, seed: int, max_pairs: int = 300, synthetic_pairs:
     pairs = synthetic.synthetic_pairs(synthetic_pairs, seed=seed)
     shapes = {"image": pairs["moving_image"], "mask": pairs["moving_mask"], "ramp": orientation_ramp(pairs["moving_mask"])}
     synthetic_rows = registration_rows(mapping, shapes, pairs["fixed_image"], pairs["fixed_mask"], device)
-    return {"organ": setting.organ or "all", "test_organs": list(setting.test_organs), "seed": seed, "pairs": len(fixed), "n_bank": len(bank["images"]),
-            "mapping_train_seconds": round(mapping_seconds, 1), "batch_size": 512, "rows": rows,
-            "synthetic": {"pairs": synthetic_pairs, "rows": synthetic_rows}}
+    return {"organ": setting.organ or "all", "test_organs": list(setting.test_organs), "seed": seed,
+            "pairs": len(fixed), "n_bank": len(bank["images"]), "mapping_train_seconds": round(mapping_seconds, 1),
+            "batch_size": 512, "rows": rows, "synthetic": {"pairs": synthetic_pairs, "rows": synthetic_rows}}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -104,8 +105,7 @@ def summarise(runs: list[dict]) -> dict:
         return out
 
     return {"organ": runs[0]["organ"], "test_organs": runs[0]["test_organs"], "seeds": [r["seed"] for r in runs],
-            "pairs": runs[0]["pairs"],
-            "batch_size": runs[0]["batch_size"],
+            "pairs": runs[0]["pairs"], "batch_size": runs[0]["batch_size"],
             "mapping_train_seconds": float(np.mean([r["mapping_train_seconds"] for r in runs])),
             "rows": merge([r["rows"] for r in runs]),
             "synthetic": {"pairs": runs[0]["synthetic"]["pairs"], "rows": merge([r["synthetic"]["rows"] for r in runs])},

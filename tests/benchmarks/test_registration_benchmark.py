@@ -15,7 +15,8 @@ def test_registration_scores_the_named_organs_with_the_given_networks_and_names_
                "--test-dir", str(tiny_dataset), "--test-organs", "Kidney", "--fraction", "0.5", "--seed", "0",
                "--checkpoint", str(ROOT / "models" / "invariant.pt"),
                "--mapping-checkpoint", str(ROOT / "models" / "model.pt"), "--max-pairs", "6", "--synthetic-pairs", "4",
-               "--work-dir", str(tmp_path / "work"), "--device", "cpu", "--json", str(tmp_path / "registration_unseen.json")]
+               "--work-dir", str(tmp_path / "work"), "--device", "cpu",
+               "--json", str(tmp_path / "registration_unseen.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "registration_unseen.json").read_text())
