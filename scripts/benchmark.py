@@ -1,17 +1,16 @@
 #!/usr/bin/env python
-"""Benchmarks of the DiffKillR bundle on any dataset folder (layout: ``bundle.data.list_dataset``); the protocols live
-in ``bundle.benchmarks``, this is their command line.
+"""Benchmarks on any dataset folder (layout: ``bundle.data.list_dataset``): the protocols of ``bundle.benchmarks``.
 
     python scripts/benchmark.py annotate --train-dir DATA --test-dir DATA --organ Kidney --json eval/annotate_kidney.json
 
 Subcommands, each the protocol of a module of ``bundle.benchmarks``: ``annotate`` (``whole_image``: whole test images,
-ours against the baselines), ``matching`` (DiffeoInvariantNet, the paper's Table I), ``registration``
-(DiffeoMappingNet against demons and ANTs, and on synthetic shapes), ``speed`` (inference settings in one process),
-``serve`` (``serve_latency``: the MONAI Label app against the workflow it serves), ``mosaic`` (large images region by
-region against their tiles), ``reliability`` (the main job killed and resumed; the app under concurrent requests),
-``tune-baselines`` (``tuning``: the label-free baselines' parameters) and ``sizes`` (how large the nuclei are).
-
-Trained networks are kept under ``--work-dir`` per (organ, fraction, seed) and reused unless ``--retrain``."""
+ours against the baselines), ``matching`` (DiffeoInvariantNet, the paper's Table I), ``registration`` (DiffeoMappingNet
+against demons and ANTs, and on synthetic shapes), ``speed`` (inference settings in one process), ``serve``
+(``serve_latency``: the MONAI Label app against the workflow it serves), ``mosaic`` (large images region by region
+against their tiles), ``reliability`` (the main job killed and resumed; the app under concurrent requests),
+``tune-baselines`` (``tuning``: the label-free baselines' parameters), ``validate`` (``validation``: a self-training
+recipe on train images held out of it) and ``sizes`` (how large the nuclei are). Trained networks are kept under
+``--work-dir`` per (organ, fraction, seed) and reused unless ``--retrain``."""
 
 import argparse
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bundle.benchmarks import (matching, mosaic, registration, reliability, serve_latency, sizes, speed, tuning,
-                               whole_image)
+                               validation, whole_image)
 from bundle.benchmarks.protocol import ROOT, Setting, write_json
 from bundle.data import DataError
 
@@ -52,7 +51,8 @@ def run(args) -> dict:
               "mosaic": (mosaic, ("data_dir", "organ", "split", "device")),
               "speed": (speed, ("data_dir", "organ", "split", "repeats", "device")),
               "serve": (serve_latency, ("data_dir", "organ", "split", "repeats", "device")),
-              "reliability": (reliability, ("n_kills", "requests_total"))}
+              "reliability": (reliability, ("n_kills", "requests_total")),
+              "validate": (validation, ("data_dir", "seeds", "device", "work_dir"))}
     if args.command in simple:
         module, options = simple[args.command]
         result = module.run(**{k: getattr(args, k) for k in options})
@@ -72,10 +72,7 @@ def run(args) -> dict:
             registration.run_seed(setting_of(args), seed, args.max_pairs, args.synthetic_pairs, args.checkpoint,
                                   args.mapping_checkpoint, invariant_training(args), mapping_training(args))
             for seed in seeds_of(args)])
-        registration.print_rows(f"registration, organ {result['organ']}: {result['pairs']} test cells per seed",
-                                result["rows"])
-        registration.print_rows(f"synthetic shapes: {result['synthetic']['pairs']} pairs per seed",
-                                result["synthetic"]["rows"])
+        registration.print_summary(result)
     return result
 
 
@@ -91,8 +88,12 @@ def main(argv=None) -> int:
     x = sub.add_parser("mosaic", help="mosaics of tiles as large images: cells, time, memory and seams against the tiles")
     v = sub.add_parser("serve", help="the MONAI Label app's /infer and /train against the workflow, in one session")
     y = sub.add_parser("reliability", help="the main job killed at random moments; the app under concurrent requests")
+    w = sub.add_parser("validate", help="a self-trained student and the workflow on train images held out of it")
+    w.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1], help="self-training seeds")
     y.add_argument("--kills", dest="n_kills", type=int, default=20, help="SIGKILLs, each at a random moment of a run")
     y.add_argument("--requests", dest="requests_total", type=int, default=50, help="/infer requests sent at once")
+    for p in (a, m, r, w):
+        p.add_argument("--work-dir", default=str(ROOT / "eval" / "work"), help="trained networks are cached here")
     for p in (a, m, r):
         p.add_argument("--train-dir", required=True, help="dataset folder whose train rows give the bank")
         p.add_argument("--test-dir", required=True, help="dataset folder whose test rows are scored")
@@ -101,7 +102,6 @@ def main(argv=None) -> int:
         p.add_argument("--per-organ", action="store_true", help="draw the fraction within every organ")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2, for mean ± sd")
-        p.add_argument("--work-dir", default=str(ROOT / "eval" / "work"), help="trained networks are cached here")
         p.add_argument("--retrain", action="store_true", help="train even when the work dir has a trained network")
     for p in (m, r):
         p.add_argument("--checkpoint", default=None, help="a trained DiffeoInvariantNet; else train")
@@ -124,16 +124,16 @@ def main(argv=None) -> int:
     a.add_argument("--methods", type=lambda v: tuple(v.split(",")), default=whole_image.METHODS,
                    help="comma-separated subset of the methods (default: all)")
     a.add_argument("--unet-iterations", type=int, default=None, help="training steps of the BasicUNet baseline")
-    for p in (s, t, z, v, x):
+    for p in (s, t, z, v, x, w):
         p.add_argument("--data-dir", required=True, help="dataset folder")
     for p in (s, v, x):
         p.add_argument("--organ", default=None)
         p.add_argument("--split", default="test")
     for p in (s, v):
         p.add_argument("--repeats", type=int, default=3)
-    for p in (a, m, r, s, v, x):
+    for p in (a, m, r, s, v, x, w):
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    for p in (a, m, r, s, t, z, v, x, y):
+    for p in (a, m, r, s, t, z, v, x, y, w):
         p.add_argument("--json", default=None, help="write the result here")
     args = parser.parse_args(argv)
     try:

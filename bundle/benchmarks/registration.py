@@ -112,6 +112,11 @@ def summarise(runs: list[dict]) -> dict:
             "machine": machine(), "runs": runs}
 
 
+def print_summary(result: dict) -> None:
+    print_rows(f"registration, organ {result['organ']}: {result['pairs']} test cells per seed", result["rows"])
+    print_rows(f"synthetic shapes: {result['synthetic']['pairs']} pairs per seed", result["synthetic"]["rows"])
+
+
 def print_rows(title: str, rows: dict) -> None:
     print(f"\n{title}")
     print(f"{'row':<14}" + "".join(f"{k:>22}" for k in ROW_KEYS))

@@ -398,7 +398,8 @@ def render_card(text: str, root: Path) -> str:
     """The model card ``text`` with every generated block rewritten from the artifacts under ``root``."""
     blocks = {"sizes": sizes_block, "calibration": calibration_block, "models": models_block,
               "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block,
-              "serve": serve_block, "mosaic": mosaic_block, "reliability": reliability_block}
+              "serve": serve_block, "mosaic": mosaic_block, "reliability": reliability_block,
+              "validation": validation_block}
 
     def fill(match):
         name = match.group("name")
@@ -727,6 +728,24 @@ def tuning_block(root: Path) -> str:
     return (f"The label-free baselines' parameters are the best points of grids on the {len(r['train_tiles'])} train "
             f"tiles (`eval/baseline_tuning.json`), and they are {verdict}: LoG {r['log_params']} (train counting F1 "
             f"{log['f1']:.3f}), Otsu + watershed {r['watershed_params']} (train AJI {ws['aji']:.3f}).\n")
+
+
+def validation_block(root: Path) -> str:
+    """The student alone and the workflow on train images held out of the self-training (``benchmarks.validation``),
+    and the workflow of each ablation folder ``eval/ablation/<name>/validation.json`` on the same images."""
+    r = _load(root / "eval" / "validation.json")
+    if r is None:
+        return _missing("eval/validation.json", "python scripts/benchmark.py validate --data-dir DATA")
+    keys = (("f1", "count F1"), ("dice_obj", "object Dice"), ("aji", "AJI"), ("pq", "PQ"), ("f1_pixel", "pixel F1"))
+    rows = [("student alone", r["student"]), ("ours", r["ours"])]
+    for f in sorted((root / "eval" / "ablation").glob("*/validation.json")):
+        rows.append((f"ours, ablation `{f.parent.name}`", json.loads(f.read_text())["ours"]))
+    lines = [f"Held out of self-training: {', '.join(r['held_out'])}; self-training seeds "
+             f"{', '.join(map(str, r['seeds']))}; mean ± sd over every (seed, image), the bank's cells left out "
+             f"(`eval/validation.json`).", "", "| workflow | " + " | ".join(name for _, name in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(pm(row, k) for k, _ in keys) + " |" for name, row in rows]
+    return "\n".join(lines + ["", measured_on(r)]) + "\n"
 
 
 def eval_metrics(eval_dir: Path) -> dict:

@@ -1,0 +1,62 @@
+"""The validation protocol (`scripts/benchmark.py validate`): a self-training recipe is scored on train images that
+were held out of the self-training, without the bank's cells, and never on test tiles."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from bundle.benchmarks import validation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_first_train_image_of_every_organ_with_two_or_more_is_held_out():
+    samples = [SimpleNamespace(image_id=i, organ=o) for i, o in
+               [("k2", "Kidney"), ("k1", "Kidney"), ("l1", "Lung"), ("b3", "Breast"), ("b1", "Breast"), ("b2", "Breast")]]
+    assert validation.hold_out(samples) == ["b1", "k1"]  # Lung has one train image: the student needs it
+
+
+def test_the_banks_cells_and_instances_lying_on_them_are_left_out_of_the_score():
+    truth = np.zeros((60, 60), np.int32)
+    truth[5:15, 5:15], truth[30:40, 30:40] = 1, 2
+    in_bank = truth == 1
+    predicted = truth.copy()
+    predicted[5:15, 5:15] = 0
+    predicted[4:16, 4:16] = 7  # a wrong outline, but on the bank's cell: not scored
+    scores = validation.score_without(predicted, truth, in_bank)
+    assert scores["f1"] == 1 and scores["dice_obj"] == 1 and scores["aji"] == 1
+    missed = np.where(truth == 2, 0, predicted)  # the one scored nucleus missed: every score falls
+    assert validation.score_without(missed, truth, in_bank)["f1"] == 0
+
+
+def test_a_student_self_trained_without_the_held_out_images_is_scored_on_them(tiny_dataset, tmp_path):
+    result = validation.run(tiny_dataset, seeds=[0], work_dir=tmp_path / "work", iterations=3)
+    assert result["held_out"] == ["k1"]
+    assert [(r["seed"], r["image_id"]) for r in result["runs"]] == [(0, "k1")]
+    for method in ("student", "ours"):
+        assert all(0 <= result[method][k] <= 1 for k in validation.KEYS)
+    checkpoint = torch.load(tmp_path / "work" / "validation" / "seed0" / "student.pt", weights_only=True)
+    assert checkpoint["held_out"] == ["k1"]
+
+    # the command line reuses the cached student (no second self-training) and writes the same scores
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "validate", "--data-dir", str(tiny_dataset),
+               "--seeds", "0", "--work-dir", str(tmp_path / "work"), "--device", "cpu",
+               "--json", str(tmp_path / "validation.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads((tmp_path / "validation.json").read_text())
+    assert written["ours"] == result["ours"] and written["student"] == result["student"]
+    assert "held out of self-training: k1" in done.stdout
+
+    from bundle.benchmarks.report import validation_block
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "validation.json").rename(tmp_path / "eval" / "validation.json")
+    block = validation_block(tmp_path)
+    assert block.startswith("Held out of self-training: k1; self-training seeds 0")
+    assert f"| ours | {written['ours']['f1']:.3f} ± " in block
