@@ -43,8 +43,8 @@ KEYS = ("f1", "dice_obj", "aji", "pq", "f1_pixel")
 
 
 def hold_out(samples) -> list[str]:
-    """Image ids held out of self-training: the first (by id) train image of every organ with two or more, so every
-    organ the student learns from is also scored and none is lost to it."""
+    """Image ids held out of self-training: the first (by id) train image of every organ with two or more (an organ
+    with one train image keeps it for the student, which would otherwise never see that tissue)."""
     by_organ: dict[str, list[str]] = {}
     for sample in samples:
         by_organ.setdefault(sample.organ, []).append(sample.image_id)
