@@ -41,10 +41,13 @@ def test_a_student_self_trained_without_the_held_out_images_is_scored_on_them(ti
     result = validation.run(tiny_dataset, seeds=[0], work_dir=tmp_path / "work", iterations=3)
     assert result["held_out"] == ["k1"]
     assert [(r["seed"], r["image_id"]) for r in result["runs"]] == [(0, "k1")]
-    for method in ("student", "ours"):
+    for method in ("student", "ours", "ceiling"):
         assert all(0 <= result[method][k] <= 1 for k in validation.KEYS)
     checkpoint = torch.load(tmp_path / "work" / "validation" / "seed0" / "student.pt", weights_only=True)
     assert checkpoint["held_out"] == ["k1"] and checkpoint["iterations"] == 3  # trained again, not the stale one
+    # the ceiling learnt the truth of every train image but the held-out one, for all self-training rounds' steps
+    ceiling = torch.load(tmp_path / "work" / "validation" / "seed0" / "ceiling.pt", weights_only=True)
+    assert sorted(ceiling["images"]) == ["k2", "l1"] and ceiling["iterations"] == 3 * validation.selftrain.ROUNDS
 
     # the command line reuses the cached student (no second self-training) and writes the same scores
     command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "validate", "--data-dir", str(tiny_dataset),
@@ -63,3 +66,4 @@ def test_a_student_self_trained_without_the_held_out_images_is_scored_on_them(ti
     block = validation_block(tmp_path)
     assert block.startswith("Held out of self-training: k1; self-training seeds 0")
     assert f"| ours | {written['ours']['f1']:.3f} ± " in block
+    assert f"(not the rule) | {written['ceiling']['f1']:.3f} ± " in block.splitlines()[-3]  # the last row
