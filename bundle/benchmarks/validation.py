@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import selftrain
 from ..bank import load_bank
+from ..checkpoint import load_weights
 from ..data import DataError, list_dataset, load_sample, written_atomically
 from ..patches import cell_centroids
 from ..student import FEATURES, build_student, student_instances, student_maps, train_student
@@ -133,9 +134,7 @@ def run(data_dir, seeds=(0, 1), device: str = "cpu", work_dir=ROOT / "eval" / "w
     runs = []
     for seed in seeds:
         student_path = student_for(data_dir, seed, held, work_dir, device, iterations)
-        ceiling = build_student()
-        ceiling.load_state_dict(torch.load(ceiling_for(data_dir, seed, held, work_dir, device, iterations),
-                                           map_location="cpu", weights_only=True)["model"])
+        ceiling = load_weights(build_student(), ceiling_for(data_dir, seed, held, work_dir, device, iterations))
         ceiling = ceiling.to(device).eval()
         inferer, network = inference(BANK, device, student_path=student_path)
         inferer.setup()  # loads the student: scored alone and as the workflow's detector
