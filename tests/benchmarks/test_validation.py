@@ -67,3 +67,15 @@ def test_a_student_self_trained_without_the_held_out_images_is_scored_on_them(ti
     assert block.startswith("Held out of self-training: k1; self-training seeds 0")
     assert f"| ours | {written['ours']['f1']:.3f} ± " in block
     assert f"(not the rule) | {written['ceiling']['f1']:.3f} ± " in block.splitlines()[-3]  # the last row
+
+
+def test_a_cached_validation_network_is_reused_only_for_the_same_held_out_images_and_network_size(tmp_path):
+    from bundle.student import FEATURES
+
+    path = tmp_path / "student.pt"
+    torch.save({"model": {}, "held_out": ["k1"], "features": list(FEATURES)}, path)
+    assert validation._cached(path, ["k1"])
+    assert not validation._cached(path, ["l1"])  # it learnt from the image now held out
+    torch.save({"model": {}, "held_out": ["k1"], "features": [8, 8, 16, 32, 64, 8]}, path)
+    assert not validation._cached(path, ["k1"])  # another size: its weights would not even load
+    assert not validation._cached(tmp_path / "missing.pt", ["k1"])
