@@ -52,7 +52,7 @@ def run(args) -> dict:
               "speed": (speed, ("data_dir", "organ", "split", "repeats", "device")),
               "serve": (serve_latency, ("data_dir", "organ", "split", "repeats", "device")),
               "reliability": (reliability, ("n_kills", "requests_total")),
-              "validate": (validation, ("data_dir", "seeds", "device", "work_dir"))}
+              "validate": (validation, ("data_dir", "seeds", "folds", "device", "work_dir"))}
     if args.command in simple:
         module, options = simple[args.command]
         result = module.run(**{k: getattr(args, k) for k in options})
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     y = sub.add_parser("reliability", help="the main job killed at random moments; the app under concurrent requests")
     w = sub.add_parser("validate", help="a self-trained student and the workflow on train images held out of it")
     w.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1], help="self-training seeds")
+    w.add_argument("--folds", type=lambda v: [int(x) for x in v.split(",")], default=[0], help="k: hold out k-th images")
     y.add_argument("--kills", dest="n_kills", type=int, default=20, help="SIGKILLs, each at a random moment of a run")
     y.add_argument("--requests", dest="requests_total", type=int, default=50, help="/infer requests sent at once")
     for p in (a, m, r, w):
@@ -110,8 +111,7 @@ def main(argv=None) -> int:
         p.add_argument("--no-unlabelled", dest="unlabelled", action="store_false",
                        help="train on the bank cells only, without label-free proposal crops of the train images")
     m.add_argument("--views", type=int, default=2, help="query views per held-out cell")
-    m.add_argument("--gallery-size", default=None, help="also against random galleries of this many test cells "
-                                                         "('bank': as many as the seed's bank holds)")
+    m.add_argument("--gallery-size", default=None, help="also against galleries of this many test cells ('bank')")
     r.add_argument("--mapping-checkpoint", default=None, help="a trained DiffeoMappingNet; else train")
     r.add_argument("--mapping-epochs", type=int, default=100, help="DiffeoMappingNet epochs when training")
     r.add_argument("--backbone", default="voxelmorph", choices=["voxelmorph", "localnet"])

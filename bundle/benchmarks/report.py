@@ -399,7 +399,8 @@ def render_card(text: str, root: Path) -> str:
     blocks = {"sizes": sizes_block, "calibration": calibration_block, "models": models_block,
               "headline": headline_block, "speed": speed_block, "tuning": tuning_block, "effort": effort_block,
               "serve": serve_block, "mosaic": mosaic_block, "reliability": reliability_block,
-              "validation": validation_block}
+              "validation": validation_block,
+              "validation_folds": lambda root: validation_block(root, "validation_folds.json")}
 
     def fill(match):
         name = match.group("name")
@@ -730,22 +731,27 @@ def tuning_block(root: Path) -> str:
             f"{log['f1']:.3f}), Otsu + watershed {r['watershed_params']} (train AJI {ws['aji']:.3f}).\n")
 
 
-def validation_block(root: Path) -> str:
-    """The student alone and the workflow on train images held out of the self-training (``benchmarks.validation``),
-    the workflow of each ablation folder ``eval/ablation/<name>/validation.json`` on the same images, and the
-    ceiling (the student network trained on the true labels)."""
-    r = _load(root / "eval" / "validation.json")
+def validation_block(root: Path, name: str = "validation.json") -> str:
+    """The student alone and the workflow on train images held out of the self-training (``benchmarks.validation``,
+    artifact ``eval/<name>``), the workflow of each ablation folder ``eval/ablation/<ablation>/<name>`` measured on
+    the same images, and the ceiling (the student network trained on the true labels)."""
+    r = _load(root / "eval" / name)
     if r is None:
-        return _missing("eval/validation.json", "python scripts/benchmark.py validate --data-dir DATA")
+        return _missing(f"eval/{name}", f"python scripts/benchmark.py validate --data-dir DATA --json eval/{name}")
     keys = (("f1", "count F1"), ("dice_obj", "object Dice"), ("aji", "AJI"), ("pq", "PQ"), ("f1_pixel", "pixel F1"))
     rows = [("student alone", r["student"]), ("ours", r["ours"])]
-    for f in sorted((root / "eval" / "ablation").glob("*/validation.json")):
-        rows.append((f"ours, ablation `{f.parent.name}`", json.loads(f.read_text())["ours"]))
+    for f in sorted((root / "eval" / "ablation").glob(f"*/{name}")):
+        ablation = json.loads(f.read_text())
+        if ablation["held_out"] == r["held_out"]:  # scored on other images, it would compare nothing
+            rows.append((f"ours, ablation `{f.parent.name}`", ablation["ours"]))
     if "ceiling" in r:  # a diagnostic that breaks the supervision rule on purpose: last, and named so
         rows.append(("ceiling: the student trained on the true labels (not the rule)", r["ceiling"]))
-    lines = [f"Held out of self-training: {', '.join(r['held_out'])}; self-training seeds "
-             f"{', '.join(map(str, r['seeds']))}; mean ± sd over every (seed, image), the bank's cells left out "
-             f"(`eval/validation.json`).", "", "| workflow | " + " | ".join(name for _, name in keys) + " |",
+    folds = r.get("folds", [0])
+    lines = [f"Held out of self-training: {', '.join(r['held_out'])} (fold{'s' * (len(folds) > 1)} "
+             f"{', '.join(map(str, folds))}, each self-trained without its own); self-training seeds "
+             f"{', '.join(map(str, r['seeds']))}; mean ± sd over every ({'fold, ' * (len(folds) > 1)}seed, image), "
+             f"the bank's cells left out (`eval/{name}`).", "",
+             "| workflow | " + " | ".join(name for _, name in keys) + " |",
              "|---|" + "---|" * len(keys)]
     lines += [f"| {name} | " + " | ".join(pm(row, k) for k, _ in keys) + " |" for name, row in rows]
     return "\n".join(lines + ["", measured_on(r)]) + "\n"
