@@ -124,7 +124,7 @@ def ceiling_for(data_dir, seed: int, held: list[str], folder: Path, device: str,
 
 
 def run(data_dir, seeds=(0, 1), folds=(0,), device: str = "cpu", work_dir=ROOT / "eval" / "work",
-          iterations: int = selftrain.ITERATIONS) -> dict:
+        iterations: int = selftrain.ITERATIONS) -> dict:
     """Per fold, seed and held-out image, the scores (``KEYS``) of ``student``, ``ours`` and ``ceiling``; their mean
     and sd over every (fold, seed, image)."""
     samples = list_dataset(data_dir, split="train")
