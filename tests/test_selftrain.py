@@ -1,8 +1,12 @@
 """Self-training's pseudo-labels: confident cells are labels, uncertain pixels teach nothing, the bank's truth wins."""
 
 import numpy as np
+import torch
+from scipy import ndimage
+from skimage.draw import disk
 
-from bundle.selftrain import BANK_RING, MARGIN, OUTLINE, best_overlap, pseudo_labels, student_targets
+from bundle.selftrain import (BANK_RING, MARGIN, OUTLINE, best_overlap, pseudo_labels, student_targets,
+                              touching_pairs)
 
 
 def square(labels, value, top, left, size=10):
@@ -69,3 +73,42 @@ def test_targets_stack_foreground_centre_ness_and_weight():
     targets = student_targets(instances, np.ones((20, 20), np.float32))
     assert targets.shape == (3, 20, 20)
     assert targets[0].sum() == 100 and targets[1].max() == 1 and targets[2].min() == 1
+
+
+def one_labelled_nucleus_and_one_bank_cell():
+    """A 64 x 128 image: a labelled pseudo-cell (id 1) on the left, a bank cell (id 2; bank id 1) on the right, a pale
+    unlabelled stretch in between; everything else labelled background."""
+    shape = (64, 128)
+    image = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+    instances = np.zeros(shape, np.int32)
+    instances[disk((32, 30), 9, shape=shape)] = 1
+    bank = np.zeros(shape, np.int32)
+    bank[disk((32, 100), 7, shape=shape)] = 1
+    instances[bank > 0] = 2
+    weight = np.ones(shape, np.float32)
+    weight[:, 56:64] = 0
+    return image, instances, weight, bank
+
+
+def test_bank_cells_are_pasted_touching_a_labelled_nucleus_and_covering_no_other():
+    image, instances, weight, bank = one_labelled_nucleus_and_one_bank_cell()
+    before = (image.clone(), instances.copy(), weight.copy())
+    pasted_image, pasted, pasted_weight = touching_pairs(image, instances, weight, bank, np.random.default_rng(0), n=3)
+    assert torch.equal(image, before[0]) and (instances == before[1]).all() and (weight == before[2]).all()
+    new = pasted > instances.max()
+    assert 1 <= len(np.unique(pasted[new])) <= 3
+    for cell in np.unique(pasted[new]):
+        footprint = pasted == cell
+        assert footprint.sum() == (bank == 1).sum()  # the bank cell whole, with its own pixels
+        assert np.isclose(pasted_image[:, torch.from_numpy(footprint)].sum(), image[:, torch.from_numpy(bank == 1)].sum())
+        assert (pasted_weight[footprint] == 1).all()
+        under = np.unique(instances[footprint])
+        neighbours = np.unique(pasted[ndimage.binary_dilation(footprint) & ~footprint])
+        assert len(set(under) - {0}) <= 1  # over background and at most the one nucleus it was pasted against
+        assert set(neighbours) - {0, cell}  # which it touches
+    assert (pasted_image[:, torch.from_numpy(~new)] == image[:, torch.from_numpy(~new)]).all()
+
+
+def test_an_image_without_a_bank_cell_has_no_touching_pairs():
+    image, instances, weight, bank = one_labelled_nucleus_and_one_bank_cell()
+    assert touching_pairs(image, instances, weight, np.zeros_like(bank), np.random.default_rng(0)) is None
