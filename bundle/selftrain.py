@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .bank import load_bank
 from .data import DataError, list_dataset, load_sample, written_atomically
 from .detect import PROPOSAL_DEFAULTS, nucleus_pieces, stain_of
-from .student import centre_ness, train_student
+from .student import SLOPE, centre_ness, train_student
 
 __all__ = ["best_overlap", "pseudo_labels", "student_targets", "self_train"]
 
@@ -220,7 +220,7 @@ def run(dataset_dir, bank_path, teacher, network: torch.nn.Module, output_path, 
     student, history = self_train(dataset_dir, load_bank(bank_path), teacher, network, rounds=rounds,
                                   iterations=iterations, seed=seed, device=device)
     recipe = {"rounds": int(rounds), "iterations": int(iterations), "seed": int(seed), "agreement": AGREEMENT,
-              "margin": MARGIN, "bank_ring": BANK_RING, "outline": OUTLINE}
+              "margin": MARGIN, "bank_ring": BANK_RING, "outline": OUTLINE, "slope": SLOPE, "touching": TOUCHING}
     seconds = time.perf_counter() - start
     with written_atomically(output_path) as (tmp,):
         torch.save({"model": student.state_dict(), "recipe": recipe, "history": history,

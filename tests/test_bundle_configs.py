@@ -379,11 +379,12 @@ def selftrain_config(**overrides) -> ConfigParser:
 def test_the_shipped_student_was_made_with_the_selftrain_configs_defaults():
     from bundle import selftrain
     from bundle.checkpoint import recipe_of
+    from bundle.student import SLOPE
 
     config = selftrain_config()
     expected = {"rounds": config["rounds"], "iterations": config["iterations"], "seed": config["seed"],
                 "agreement": selftrain.AGREEMENT, "margin": selftrain.MARGIN, "bank_ring": selftrain.BANK_RING,
-                "outline": selftrain.OUTLINE}
+                "outline": selftrain.OUTLINE, "slope": SLOPE, "touching": selftrain.TOUCHING}
     assert recipe_of(ROOT / "models" / "student.pt") == expected
 
 

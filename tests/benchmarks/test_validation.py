@@ -74,16 +74,20 @@ def test_a_student_self_trained_without_the_held_out_images_is_scored_on_them(ti
     assert f"(not the rule) | {written['ceiling']['f1']:.3f} ± " in block.splitlines()[-3]  # the last row
 
 
-def test_a_cached_validation_network_is_reused_only_for_the_same_held_out_images_and_network_size(tmp_path):
+def test_a_cached_validation_network_is_reused_only_when_made_by_the_same_recipe(tmp_path):
     from bundle.student import FEATURES
 
     path = tmp_path / "student.pt"
-    torch.save({"model": {}, "held_out": ["k1"], "features": list(FEATURES)}, path)
-    assert validation._cached(path, ["k1"])
-    assert not validation._cached(path, ["l1"])  # it learnt from the image now held out
-    torch.save({"model": {}, "held_out": ["k1"], "features": [8, 8, 16, 32, 64, 8]}, path)
-    assert not validation._cached(path, ["k1"])  # another size: its weights would not even load
-    assert not validation._cached(tmp_path / "missing.pt", ["k1"])
+    recipe = {"held_out": ["k1"], "iterations": 1500, "features": list(FEATURES), "slope": 80.0}
+    torch.save({"model": {}, **recipe}, path)
+    assert validation._cached(path, recipe)
+    assert not validation._cached(path, {**recipe, "held_out": ["l1"]})  # it learnt from the image now held out
+    assert not validation._cached(path, {**recipe, "features": [8, 8, 16, 32, 64, 8]})  # its weights would not load
+    assert not validation._cached(path, {**recipe, "slope": 0.0})  # another loss: a lever must not reuse it
+    assert validation._cached(path, {**recipe, "iterations": 3})  # steps are not compared (the module says why)
+    torch.save({"model": {}, **{k: v for k, v in recipe.items() if k != "slope"}}, path)
+    assert not validation._cached(path, recipe)  # made before the recipe recorded the slope
+    assert not validation._cached(tmp_path / "missing.pt", recipe)
 
 
 def test_an_ablation_row_appears_only_beside_a_validation_of_the_same_images(tmp_path):
