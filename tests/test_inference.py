@@ -365,7 +365,8 @@ def test_a_large_image_annotated_region_by_region_gives_every_nucleus_as_one_reg
     assert tiled.labels.max() == whole.labels.max() > 50
     iou = best_overlap(whole.labels, tiled.labels)
     # no nucleus cut at a seam (a nucleus cut in two keeps at most half of itself in either piece), doubled or lost
-    # (the counts above); with the v0.20.0 student one nucleus near a region corner keeps about three quarters
+    # (the counts above). The v0.20.0 student is more sensitive to where a region ends: two nuclei of 171 near a
+    # region's corner or edge keep about three quarters and seven eighths (every one above .97 with v0.13.0's)
     assert iou.min() > 0.5
     assert (iou >= 0.99).mean() > 0.9  # most come out pixel for pixel the same
     assert tiled.cells["id"] == list(range(1, tiled.labels.max() + 1))
